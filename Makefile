@@ -1,0 +1,48 @@
+# Two entry points do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Keep pytest to the machine's cores; CI machines have 2.
+PYTEST_WORKERS ?= 2
+DEMO_RUN ?= runs/demo
+
+.PHONY: venv demo train-demo test test-fast notebooks lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+## Train OKDPH on the embedded digits data, then analyse the run.
+demo: $(STAMP)
+	$(BIN)/okdph train --preset demo --out $(DEMO_RUN) --overwrite
+	@if $(BIN)/landscape --help >/dev/null 2>&1 && $(BIN)/landscape analyze --help >/dev/null 2>&1; then \
+		$(BIN)/landscape analyze $(DEMO_RUN); \
+	fi
+
+## Every test, slow end-to-end ones and the notebooks included.
+test: $(STAMP)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+		LANDSCAPE_SMOKE=1 $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks; \
+	fi
+
+## The fast subset, for the edit-test loop.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check okdph landscape tests analyses
+	$(BIN)/ruff format --check okdph landscape tests analyses
+
+## Benchmarks against the other tools (installs the comparison extras).
+bench: $(STAMP)
+	$(BIN)/python -m pip install -e '.[compare]'
+	$(BIN)/python analyses/benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,173 @@
+"""``okdph``: train groups of students with online distillation and write run directories."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+EXAMPLES = """examples:
+  okdph train                                   # the demo preset: OKDPH on digits (CPU, ~1 min)
+  okdph train --preset mnist1d --out runs/m1d
+  okdph train --preset demo --set method=dml epochs=5 seed=1
+  okdph train --preset cifar10-resnet32 --set data.root=~/data data.download=true
+  okdph train --resume runs/m1d                 # continue from the last checkpoint
+  okdph presets                                 # list presets
+  okdph list models                             # models, methods, datasets or augmentations
+"""
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from okdph.augment import AugmentError
+    from okdph.config import ConfigError
+    from okdph.data import DataError
+    from okdph.models import UnknownModelError
+    from okdph.run import RunDirError
+
+    return ConfigError, DataError, RunDirError, AugmentError, UnknownModelError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="okdph",
+        description="Online knowledge distillation (OKDPH and its peers).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser(
+        "train",
+        help="train a group of students into a run directory",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--preset", default="demo", help="named configuration (see `okdph presets`)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config fields: epochs=5, method=dml, method.omega=0.5, "
+        "optim.lr=0.05, model.width=32, data.root=DIR",
+    )
+    train.add_argument("--out", type=Path, help="run directory (default: runs/<preset>-<time>)")
+    train.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint"
+    )
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    train.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    train.add_argument(
+        "--dry-run", action="store_true", help="one epoch of two batches, for smoke tests"
+    )
+    train.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
+    train.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    train.set_defaults(handler=cmd_train)
+
+    presets = sub.add_parser("presets", help="list the named configurations")
+    presets.set_defaults(handler=cmd_presets)
+
+    lister = sub.add_parser(
+        "list", help="list registered models, methods, datasets or augmentations"
+    )
+    lister.add_argument("what", choices=["models", "methods", "datasets", "augmentations"])
+    lister.set_defaults(handler=cmd_list)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from okdph import trainer
+    from okdph.config import ConfigError, apply_overrides
+    from okdph.presets import preset_config
+
+    progress = not args.no_progress
+    max_batches = 2 if args.dry_run else 0
+    if args.resume is not None:
+        if args.overrides or args.out:
+            raise ConfigError(
+                "--resume continues a run with its saved config; drop --set and --out"
+            )
+        run, metrics = trainer.resume(
+            args.resume, progress=progress, max_batches=max_batches, device=args.device
+        )
+    else:
+        cfg = apply_overrides(preset_config(args.preset), args.overrides)
+        if args.device:
+            cfg.device = args.device
+        if args.dry_run:
+            cfg.epochs = 1
+        if args.print_config:
+            print(json.dumps(cfg.to_dict(), indent=2))
+            return 0
+        out = args.out or Path("runs") / f"{args.preset}-{datetime.now():%Y%m%d-%H%M%S}"
+        run, metrics = trainer.train(
+            cfg,
+            out,
+            overwrite=args.overwrite,
+            progress=progress,
+            max_batches=max_batches,
+            command=["okdph", *sys.argv[1:]],
+        )
+    accs = {k.split("/")[0]: v for k, v in metrics.items() if k.endswith("/test_acc")}
+    if accs:
+        print("test accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in accs.items()))
+    print(f"run directory: {run.path}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from okdph.presets import list_presets
+
+    presets = list_presets()
+    width = max(len(p.name) for p in presets)
+    for p in presets:
+        print(f"{p.name:<{width}}  {p.description}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        from okdph.models import list_models
+
+        print("\n".join(list_models()))
+    elif args.what == "methods":
+        from okdph.methods import list_methods
+
+        print("\n".join(list_methods()))
+    elif args.what == "datasets":
+        from okdph.data import list_datasets
+
+        print("\n".join(list_datasets()))
+    else:
+        from okdph.augment import list_ops
+
+        for name, doc in list_ops().items():
+            print(f"{name:<12} {doc}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``okdph`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from okdph.trainer import TrainingDiverged
+
+    try:
+        return args.handler(args)
+    except _user_errors() as err:
+        print(f"okdph: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"okdph: training stopped: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("okdph: interrupted; continue with `okdph train --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

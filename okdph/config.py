@@ -1,0 +1,202 @@
+"""Training configuration: one dataclass, named presets, and ``key=value`` overrides.
+
+Components own their defaults: a method's hyper-parameters live in that method's ``Config``
+dataclass and are set with ``method.KEY=VALUE``; model and data keyword arguments likewise with
+``model.KEY=VALUE`` and ``data.KEY=VALUE``. The optimiser is ``optim.KEY=VALUE``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user mistake in a preset name, an override or a config value (one plain sentence)."""
+
+
+@dataclass
+class OptimConfig:
+    """SGD with step decay, as in the OKDPH paper (lr 0.1, x0.1 at 50% and 75% of the epochs)."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    # Fractions of the total epochs at which the learning rate is multiplied by lr_decay.
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    lr_decay: float = 0.1
+
+    def milestone_epochs(self, epochs: int) -> list[int]:
+        """The milestones as epoch indices (at least 1, in increasing order)."""
+        return sorted({max(1, round(f * epochs)) for f in self.milestones})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; resolved and saved in ``run.json``."""
+
+    method: str = "okdph"
+    method_args: dict[str, Any] = field(default_factory=dict)
+    model: str = "cnn_digits"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    data: str = "digits"
+    data_args: dict[str, Any] = field(default_factory=dict)
+    num_students: int = 2
+    # "shared": every student starts from student_0's weights (OKDPH reference code);
+    # "independent": each student draws its own; "auto": the method's default.
+    init: str = "auto"
+    # Augmentation pipeline per network view ("shift+noise", "crop+flip", ...), or one for all.
+    augment: tuple[str, ...] = ("none",)
+    epochs: int = 30
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    save_every: int = 1
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of ``to_dict``; unknown keys raise ConfigError."""
+        cfg = cls()
+        for key, value in values.items():
+            if key == "optim":
+                for k, v in value.items():
+                    _set_field(cfg.optim, k, v, prefix="optim.")
+            else:
+                _set_field(cfg, key, value)
+        return cfg
+
+
+_DICT_FIELDS = {"method": "method_args", "model": "model_args", "data": "data_args"}
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert ``value`` (parsed from text or JSON) to the field's annotated type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        return str(value)
+    elif origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)):
+            item_type = args[0] if args else Any
+            return tuple(_coerce(v, item_type, key) if item_type is not Any else v for v in items)
+    elif origin is dict or annotation is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif annotation is Any:
+        return value
+    raise ConfigError(
+        f"{key} must be of type {getattr(annotation, '__name__', annotation)}, got {value!r}"
+    )
+
+
+def _set_field(obj: Any, key: str, value: Any, prefix: str = "") -> None:
+    types_ = _field_types(obj)
+    if key not in types_:
+        close = difflib.get_close_matches(key, list(types_), n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+    setattr(obj, key, _coerce(value, types_[key], prefix + key))
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right-hand side of ``key=value``: Python/JSON literals, else the raw string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(cfg: TrainConfig, items: list[str]) -> TrainConfig:
+    """Apply ``key=value`` strings to a copy of ``cfg``.
+
+    Keys are top-level fields (``epochs=5``), ``optim.lr=0.05``, or ``method.X``, ``model.X``,
+    ``data.X`` for the method's, model's and dataset's own arguments (checked when the run is built).
+    """
+    cfg = dataclasses.replace(
+        cfg,
+        method_args=dict(cfg.method_args),
+        model_args=dict(cfg.model_args),
+        data_args=dict(cfg.data_args),
+        optim=dataclasses.replace(cfg.optim),
+    )
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        value = parse_value(raw)
+        head, dot, rest = key.partition(".")
+        if dot and head in _DICT_FIELDS:
+            getattr(cfg, _DICT_FIELDS[head])[rest] = value
+        elif dot and head == "optim":
+            _set_field(cfg.optim, rest, value, prefix="optim.")
+        elif dot:
+            raise ConfigError(
+                f"unknown config key {key!r}; dotted keys start with method., model., data. or optim."
+            )
+        else:
+            # Strings stay verbatim (a model named "1e3" is still a name), other types are parsed.
+            types_ = _field_types(cfg)
+            if types_.get(key) in (str, tuple[str, ...]):
+                value = raw
+            if key in _DICT_FIELDS and getattr(cfg, key) != value:
+                # A new method/model/data invalidates the old one's arguments.
+                getattr(cfg, _DICT_FIELDS[key]).clear()
+            _set_field(cfg, key, value)
+    return cfg
+
+
+def build_method_config(config_cls: type, method: str, args: dict[str, Any]) -> Any:
+    """Instantiate a method's ``Config`` dataclass from ``method.KEY=VALUE`` arguments."""
+    obj = config_cls()
+    for key, value in args.items():
+        try:
+            _set_field(obj, key, value, prefix="method.")
+        except ConfigError as err:
+            raise ConfigError(f"{err} for method {method!r}") from None
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj

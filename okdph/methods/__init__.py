@@ -1,0 +1,22 @@
+"""Online-distillation methods behind a registry: ``build_method(name, ...)``, ``list_methods()``."""
+
+from okdph.methods import dml, independent, kdcl, okdph  # noqa: F401  (registers the methods)
+from okdph.methods.base import (
+    Method,
+    StepContext,
+    build_method,
+    kd_loss,
+    list_methods,
+    method_class,
+    register_method,
+)
+
+__all__ = [
+    "Method",
+    "StepContext",
+    "build_method",
+    "kd_loss",
+    "list_methods",
+    "method_class",
+    "register_method",
+]

@@ -1,0 +1,179 @@
+"""What every online-distillation method provides to the trainer, and the method registry.
+
+A method is an ``nn.Module`` that owns its networks (``self.nets``, a ``ModuleDict`` whose names are
+the checkpoint member names) and any extra trainable state (attention projections, peer weights).
+The trainer owns the loop; the method owns the joint loss of one batch and anything that happens
+between steps (OKDPH's fusion).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from okdph.config import ConfigError, build_method_config
+
+
+@dataclass
+class StepContext:
+    """Where the loop is: ``epoch`` (0-based), ``batch`` (index in the epoch), ``step`` (global
+    batches done before this one), ``epochs`` (total), and ``rng``, the method's generator for this
+    epoch (seeded from the run seed and the epoch, so a resumed epoch draws the same numbers)."""
+
+    epoch: int
+    batch: int
+    step: int
+    epochs: int
+    rng: np.random.Generator
+
+
+@dataclass
+class NoConfig:
+    """A method without hyper-parameters."""
+
+
+class Method(nn.Module):
+    """Base class: subclasses set ``name``, ``Config``, ``loss_terms`` and implement ``compute_loss``."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = NoConfig
+    default_init: ClassVar[str] = "independent"
+    # term -> formula; recorded in run.json so a run says exactly what it optimised.
+    loss_terms: ClassVar[dict[str, str]] = {}
+
+    def __init__(
+        self, config: Any, make_model: Callable[[], nn.Module], num_students: int, init: str
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.num_students = num_students
+        self.nets = nn.ModuleDict(
+            {
+                f"student_{i}": net
+                for i, net in enumerate(make_students(make_model, num_students, init))
+            }
+        )
+
+    @property
+    def students(self) -> list[nn.Module]:
+        return [self.nets[f"student_{i}"] for i in range(self.num_students)]
+
+    @property
+    def num_views(self) -> int:
+        """Input views per batch (one per network that sees data)."""
+        return len(self.nets)
+
+    def compute_loss(
+        self, views: list[Tensor], y: Tensor, ctx: StepContext
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The joint loss to back-propagate once, and named terms (scalars) to log.
+
+        Terms named ``<member>/loss`` are each member's own objective; the trainer watches them for
+        NaN/inf to name the member that diverged.
+        """
+        raise NotImplementedError
+
+    def after_step(self, ctx: StepContext) -> None:
+        """Called after every optimiser step."""
+
+    def start_epoch(self, epoch: int, rng: np.random.Generator) -> None:
+        """Called before the first batch of ``epoch`` (also right after a resume)."""
+
+    def eval_forwards(self) -> dict[str, Callable[[Tensor], Tensor]]:
+        """Member name -> function from inputs to logits, for evaluation (the caller sets eval
+        mode and no_grad); derived members such as OKDPH's hybrid are built once here."""
+        return dict(self.nets.items())
+
+    def ensemble_members(self) -> list[str]:
+        """Members whose mean logits form the reported ``ensemble``."""
+        return list(self.nets)
+
+    def checkpoint_states(self) -> dict[str, dict[str, Tensor]]:
+        """State dict of every member written to checkpoints (derived members included)."""
+        return {name: net.state_dict() for name, net in self.nets.items()}
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """Trainable or buffered state outside the members (needed to resume, not to analyse)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("nets.")}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what ``extra_state`` returned (members are loaded separately)."""
+        expected = set(self.extra_state())
+        if set(state) != expected:
+            raise ValueError(f"method state keys {sorted(state)} do not match {sorted(expected)}")
+        self.load_state_dict(state, strict=False)
+
+    def describe(self) -> dict[str, Any]:
+        """What run.json records about the method: name, resolved config and loss formulas."""
+        from dataclasses import asdict
+
+        return {
+            "name": self.name,
+            "config": asdict(self.config),
+            "loss_terms": dict(self.loss_terms),
+        }
+
+
+def make_students(make_model: Callable[[], nn.Module], num: int, init: str) -> list[nn.Module]:
+    """``num`` networks: copies of one initialisation (``shared``) or independent draws."""
+    if num < 1:
+        raise ConfigError(f"num_students must be at least 1, got {num}")
+    if init == "shared":
+        first = make_model()
+        return [first] + [copy.deepcopy(first) for _ in range(num - 1)]
+    if init == "independent":
+        return [make_model() for _ in range(num)]
+    raise ConfigError(f"unknown init {init!r}; use 'shared', 'independent' or 'auto'")
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch."""
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: register a Method subclass under its ``name``."""
+    if cls.name in _METHODS:
+        raise ValueError(f"method {cls.name!r} registered twice")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in _METHODS:
+        raise ConfigError(
+            f"unknown method {name!r}; available methods: {', '.join(list_methods())}"
+        )
+    return _METHODS[name]
+
+
+def build_method(
+    name: str,
+    args: dict[str, Any],
+    make_model: Callable[[], nn.Module],
+    num_students: int,
+    init: str = "auto",
+) -> Method:
+    """Instantiate method ``name`` with ``method.KEY=VALUE`` arguments and its networks."""
+    cls = method_class(name)
+    config = build_method_config(cls.Config, name, args)
+    return cls(config, make_model, num_students, cls.default_init if init == "auto" else init)

@@ -1,0 +1,192 @@
+"""OKDPH: online knowledge distillation via parameter hybridisation (Zhang et al., CVPR 2023).
+
+Per batch, the hybrid-weight model (HWM) theta_h = sum_m r_m theta_m is built from the students;
+student m minimises  omega CE(z_m, y) + (1 - omega) CE(z_h, y) + beta T^2 KL(t || z_m),
+with t the detached mean of the students' and the HWM's logits. Every ``fusion_every`` the students
+are pulled towards the HWM: theta_m <- gamma theta_h + (1 - gamma) theta_m.
+
+Two readings of the method, recorded in run.json:
+
+* ``mode="paper"`` (default): r ~ Dirichlet(alpha) every batch and the HWM is built functionally,
+  so CE(z_h, y) sends each student the gradient r_m * dCE/dtheta_h. The joint loss back-propagated
+  is sum_m (omega ce_m + beta kd_m) + (1 - omega) ce_h, which gives every student exactly the
+  gradient of its own objective (summing the students' objectives would count ce_h M times).
+* ``mode="code"`` (the released code, ``src/OKDPH.py``): r = 1/M and the HWM is a detached copy,
+  so ce_h influences no student; the HWM acts only through the teacher and fusion.
+
+``hwm_sampling`` and ``hwm_grad`` override either half of a mode for ablations.
+
+Fusion uses the students after the step (the code used the HWM built before the step, which with
+gamma = 1 discards that batch's update) and, at epoch granularity, happens before the next epoch's
+first batch, so checkpoints and test metrics show the students as trained, not as fused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from okdph.config import ConfigError
+from okdph.hybrid import barycentre, convex_combination, fuse_, sample_coefficients
+from okdph.methods.base import Method, StepContext, kd_loss, register_method
+
+_MODES = {"paper": ("dirichlet", "through"), "code": ("mean", "detached")}
+
+
+def parse_interval(text: str) -> tuple[int, str] | None:
+    """``"1_epoch"`` -> (1, "epoch"), ``"5_batch"`` -> (5, "batch"), ``"off"`` -> None."""
+    if text in ("off", "none", "never"):
+        return None
+    count, _, unit = text.partition("_")
+    unit = {"epoch": "epoch", "epochs": "epoch", "batch": "batch", "batches": "batch"}.get(unit, "")
+    if unit and count.isdigit() and int(count) > 0:
+        return int(count), unit
+    raise ConfigError(f"fusion_every must look like '1_epoch', '5_batch' or 'off', got {text!r}")
+
+
+@register_method
+class OKDPH(Method):
+    name = "okdph"
+    default_init = "shared"
+    loss_terms = {
+        "student_i/ce": "CE(z_i, y)",
+        "hybrid/ce": "CE(z_h, y), z_h = f(x_h; sum_m r_m theta_m)",
+        "student_i/kd": "T^2 KL(softmax(t/T) || softmax(z_i/T)), t = mean(z_1..z_M[, z_h]) detached",
+        "student_i/loss": "omega ce_i + (1 - omega) hybrid/ce + beta kd_i",
+        "loss": "sum_i (omega ce_i + beta kd_i) + (1 - omega) hybrid/ce "
+        "(hybrid/ce carries no gradient when hwm_grad = detached)",
+    }
+
+    @dataclass
+    class Config:
+        mode: str = "paper"
+        hwm_sampling: str | None = None  # "dirichlet" | "mean"; None: as the mode says
+        hwm_grad: str | None = None  # "through" | "detached"; None: as the mode says
+        alpha: float = 1.0
+        omega: float = 0.8
+        beta: float = 0.8
+        temperature: float = 4.0
+        hwm_in_teacher: bool = True
+        fusion_every: str = "1_epoch"
+        fusion_gamma: float = 0.5
+
+        def validate(self) -> None:
+            if self.mode not in _MODES:
+                raise ConfigError(f"method.mode must be 'paper' or 'code', got {self.mode!r}")
+            sampling, grad = _MODES[self.mode]
+            self.hwm_sampling = self.hwm_sampling or sampling
+            self.hwm_grad = self.hwm_grad or grad
+            if self.hwm_sampling not in ("dirichlet", "mean"):
+                raise ConfigError(
+                    f"method.hwm_sampling must be 'dirichlet' or 'mean', got {self.hwm_sampling!r}"
+                )
+            if self.hwm_grad not in ("through", "detached"):
+                raise ConfigError(
+                    f"method.hwm_grad must be 'through' or 'detached', got {self.hwm_grad!r}"
+                )
+            if not 0.0 <= self.fusion_gamma <= 1.0:
+                raise ConfigError(
+                    f"method.fusion_gamma must lie in [0, 1], got {self.fusion_gamma}"
+                )
+            if self.alpha <= 0:
+                raise ConfigError(f"method.alpha must be positive, got {self.alpha}")
+            parse_interval(self.fusion_every)
+
+    def __init__(self, config, make_model, num_students, init):
+        super().__init__(config, make_model, num_students, init)
+        self.fusion = parse_interval(config.fusion_every)
+        self.coefficients = np.full(num_students, 1.0 / num_students)
+
+    @property
+    def num_views(self) -> int:
+        return self.num_students + 1  # the HWM sees a view of its own
+
+    def hybrid_state(self, coefficients, grad: bool = False) -> dict[str, Tensor]:
+        """Parameters and buffers of the HWM with the given coefficients (parameters keep their
+        graph to the students when ``grad``; buffers never do)."""
+        weights = [float(r) for r in coefficients]
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            params = convex_combination(
+                [dict(s.named_parameters()) for s in self.students], weights
+            )
+        with torch.no_grad():
+            buffers = convex_combination([dict(s.named_buffers()) for s in self.students], weights)
+        return {**params, **buffers}
+
+    def hybrid_forward(self, x: Tensor, coefficients, grad: bool = False) -> Tensor:
+        """Logits of the HWM on ``x``; in train mode BatchNorm uses the batch's statistics."""
+        return functional_call(self.students[0], self.hybrid_state(coefficients, grad), (x,))
+
+    def compute_loss(
+        self, views: list[Tensor], y: Tensor, ctx: StepContext
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        cfg = self.config
+        M = self.num_students
+        self.coefficients = sample_coefficients(M, ctx.rng, cfg.hwm_sampling, cfg.alpha)
+        logits = [net(x) for net, x in zip(self.students, views)]
+        z_h = self.hybrid_forward(views[M], self.coefficients, grad=cfg.hwm_grad == "through")
+        teacher_parts = logits + [z_h] if cfg.hwm_in_teacher else logits
+        teacher = torch.stack(teacher_parts).mean(0).detach()
+        ce_h = F.cross_entropy(z_h, y)
+        terms: dict[str, Tensor] = {"hybrid/ce": ce_h.detach()}
+        total = (1 - cfg.omega) * ce_h
+        for i, z in enumerate(logits):
+            ce = F.cross_entropy(z, y)
+            kd = kd_loss(z, teacher, cfg.temperature)
+            own = cfg.omega * ce + cfg.beta * kd
+            total = total + own
+            terms.update(
+                {
+                    f"student_{i}/ce": ce,
+                    f"student_{i}/kd": kd,
+                    f"student_{i}/loss": own + (1 - cfg.omega) * ce_h.detach(),
+                }
+            )
+        terms["loss"] = total
+        return total, terms
+
+    def _fuse(self, coefficients) -> None:
+        with torch.no_grad():
+            target = self.hybrid_state(coefficients)
+            for student in self.students:
+                fuse_(student, target, self.config.fusion_gamma)
+
+    def after_step(self, ctx: StepContext) -> None:
+        if self.fusion and self.fusion[1] == "batch" and ctx.batch % self.fusion[0] == 0:
+            self._fuse(self.coefficients)
+
+    def start_epoch(self, epoch: int, rng: np.random.Generator) -> None:
+        # Fusion "every N epochs" happens after epochs 0, N, 2N, ... (as the reference code), i.e.
+        # before epochs 1, N+1, ...; done here so checkpoints hold the students as trained.
+        if (
+            self.fusion
+            and self.fusion[1] == "epoch"
+            and epoch >= 1
+            and (epoch - 1) % self.fusion[0] == 0
+        ):
+            cfg = self.config
+            self._fuse(sample_coefficients(self.num_students, rng, cfg.hwm_sampling, cfg.alpha))
+
+    def barycentre_state(self) -> dict[str, Tensor]:
+        """The checkpointed ``hybrid``: mean of the students' floating-point tensors."""
+        return barycentre([s.state_dict() for s in self.students])
+
+    def eval_forwards(self) -> dict[str, Callable[[Tensor], Tensor]]:
+        forwards = super().eval_forwards()
+        state = self.barycentre_state()
+        forwards["hybrid"] = lambda x: functional_call(self.students[0], state, (x,))
+        return forwards
+
+    def ensemble_members(self) -> list[str]:
+        return [f"student_{i}" for i in range(self.num_students)]
+
+    def checkpoint_states(self) -> dict[str, dict[str, Tensor]]:
+        states = super().checkpoint_states()
+        states["hybrid"] = self.barycentre_state()
+        return states

@@ -1,0 +1,153 @@
+"""Named training configurations: the embedded demo, small studies, and the paper's settings.
+
+A preset is a list of ``key=value`` overrides on top of ``TrainConfig()``; ``--set`` adds more.
+The CIFAR presets reproduce the OKDPH reference commands (``src/OKDPH.sh``: methods.md 1.4) with
+paper-mode OKDPH by default; ``--set method.mode=code`` gives the released code's behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from okdph.config import ConfigError, TrainConfig, apply_overrides
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    overrides: tuple[str, ...]
+
+
+_PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(name: str, description: str, *overrides: str) -> None:
+    _PRESETS[name] = Preset(name, description, overrides)
+
+
+def list_presets() -> list[Preset]:
+    return [_PRESETS[k] for k in sorted(_PRESETS)]
+
+
+def preset_config(name: str) -> TrainConfig:
+    """The TrainConfig of preset ``name``."""
+    if name not in _PRESETS:
+        raise ConfigError(
+            f"unknown preset {name!r}; available presets: {', '.join(sorted(_PRESETS))}"
+        )
+    return apply_overrides(TrainConfig(), list(_PRESETS[name].overrides))
+
+
+# ---- embedded data (CPU-sized) -------------------------------------------------------------------
+_DIGITS = (
+    "data=digits",
+    "model=cnn_digits",
+    "epochs=20",
+    "batch_size=64",
+    "num_students=2",
+    "seed=0",
+)
+# Each network gets its own augmentation family, as OKDPH's reference pipelines do.
+_DIGITS_VIEWS = "augment=shift,shift+scale,shift+noise"
+register_preset(
+    "demo",
+    "OKDPH (paper mode) with two small CNNs on scikit-learn's digits; ~1 min on 2 CPU cores",
+    "method=okdph",
+    *_DIGITS,
+    _DIGITS_VIEWS,
+)
+for _method in ("independent", "dml", "kdcl"):
+    register_preset(
+        f"digits-{_method}",
+        f"{_method} with the demo's students, data and views",
+        f"method={_method}",
+        *_DIGITS,
+        "augment=shift,shift+scale",
+    )
+register_preset(
+    "digits-okdph-code",
+    "the demo in reference-code mode (mean HWM, no HWM gradient)",
+    "method=okdph",
+    "method.mode=code",
+    *_DIGITS,
+    _DIGITS_VIEWS,
+)
+
+_MNIST1D = (
+    "data=mnist1d",
+    "model=cnn1d",
+    "epochs=30",
+    "batch_size=128",
+    "num_students=2",
+    "seed=0",
+)
+_MNIST1D_VIEWS = "augment=shift,shift+scale,shift+noise"
+register_preset(
+    "mnist1d",
+    "OKDPH (paper mode) with two 1D CNNs on mnist1d (generated locally)",
+    "method=okdph",
+    *_MNIST1D,
+    _MNIST1D_VIEWS,
+)
+for _method in ("independent", "dml", "kdcl"):
+    register_preset(
+        f"mnist1d-{_method}",
+        f"{_method} with the mnist1d preset's students and views",
+        f"method={_method}",
+        *_MNIST1D,
+        "augment=shift,shift+scale",
+    )
+register_preset(
+    "mnist1d-okdph-code",
+    "the mnist1d preset in reference-code mode",
+    "method=okdph",
+    "method.mode=code",
+    *_MNIST1D,
+    _MNIST1D_VIEWS,
+)
+
+# ---- the OKDPH paper's CIFAR settings (src/OKDPH.sh) ---------------------------------------------
+_CIFAR = (
+    "epochs=300",
+    "batch_size=128",
+    "num_students=2",
+    "seed=42",
+    "optim.lr=0.1",
+    "optim.momentum=0.9",
+    "optim.weight_decay=5e-4",
+    "optim.milestones=0.5,0.75",
+)
+# Reference views: student 1, student 2, HWM. C10: hflip, cutout, RandAugment; C100: hflip+rot, ...
+_CIFAR_VIEWS = {
+    "cifar10": "augment=crop+flip,crop+flip+cutout,crop+randaugment",
+    "cifar100": "augment=crop+flip+rot,crop+flip+cutout,crop+randaugment",
+}
+# dataset, arch, omega, beta, gamma, fusion interval (methods.md 1.4)
+_REFERENCE = [
+    ("cifar10", "resnet32", 0.8, 0.8, 0.5, "1_epoch"),
+    ("cifar10", "vgg16", 0.3, 0.3, 1.0, "1_epoch"),
+    ("cifar10", "densenet40_12", 0.8, 0.8, 0.5, "5_batch"),
+    ("cifar10", "wrn_20_8", 0.8, 0.8, 0.5, "1_epoch"),
+    ("cifar10", "resnet110", 0.8, 0.8, 0.5, "5_batch"),
+    ("cifar100", "resnet32", 1.0, 0.5, 1.0, "5_batch"),
+    ("cifar100", "vgg16", 0.3, 0.3, 1.0, "1_epoch"),
+    ("cifar100", "densenet40_12", 1.0, 0.5, 0.5, "5_batch"),
+    ("cifar100", "wrn_20_8", 0.5, 0.5, 0.5, "5_batch"),
+    ("cifar100", "resnet110", 0.8, 0.8, 0.5, "5_batch"),
+]
+for _data, _arch, _omega, _beta, _gamma, _every in _REFERENCE:
+    register_preset(
+        f"{_data}-{_arch}",
+        f"OKDPH on {_data.upper()} with {_arch}: omega {_omega}, beta {_beta}, gamma {_gamma}, "
+        f"fusion every {_every.replace('_', ' ')} (reference settings, 300 epochs)",
+        "method=okdph",
+        f"data={_data}",
+        f"model={_arch}",
+        *_CIFAR,
+        _CIFAR_VIEWS[_data],
+        f"method.omega={_omega}",
+        f"method.beta={_beta}",
+        f"method.fusion_gamma={_gamma}",
+        f"method.fusion_every={_every}",
+    )

@@ -1,0 +1,90 @@
+"""`okdph` from the command line: success paths and one-sentence errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from okdph.cli import main
+
+FAST = ["epochs=1", "data.train_subset=128", "model.width=4"]
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--set", "method=magic"], "unknown method 'magic'"),
+        (["train", "--set", "model=resnet33"], "unknown model 'resnet33'"),
+        (["train", "--set", "epochz=3"], "unknown config key 'epochz' (did you mean epochs?)"),
+        (["train", "--set", "optim.lrr=3"], "unknown config key 'optim.lrr'"),
+        (["train", "--set", "epochs=many"], "epochs must be of type int"),
+        (
+            ["train", "--set", "data=cifar10", "data.root=/nonexistent/cifar"],
+            "dataset root /nonexistent/cifar does not exist",
+        ),
+        (["train", "--set", "augment=shift+wobble"], "unknown augmentation 'wobble'"),
+        (["train", "--set", "augment=shift,shift"], "needs 1 or 3"),
+        (["train", "--set", "noequals"], "is not of the form key=value"),
+    ],
+)
+def test_user_errors_exit_2_with_one_sentence(argv, fragment, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = _error_line(capsys)
+    assert err.startswith("okdph: error: ") and fragment in err
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_resume_of_something_that_is_not_a_run(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in _error_line(capsys)
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "is not a run directory (it has no run.json)" in _error_line(capsys)
+    (tmp_path / "run.json").write_text("{broken")
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "is not valid JSON" in _error_line(capsys)
+
+
+def test_train_resume_and_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--set", *FAST, "--out", str(out), "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "hybrid" in stdout and f"run directory: {out}" in stdout
+    assert main(["train", "--set", *FAST, "--out", str(out), "--no-progress"]) == 2
+    assert "already holds a run; use --resume" in _error_line(capsys)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # already complete: no-op
+    assert main(["train", "--set", *FAST, "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_print_config_presets_and_lists(capsys):
+    assert (
+        main(["train", "--preset", "mnist1d", "--set", "method.omega=0.5", "--print-config"]) == 0
+    )
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["data"] == "mnist1d" and cfg["method_args"] == {"omega": 0.5}
+    assert main(["presets"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("demo", "mnist1d", "cifar10-resnet32", "cifar100-resnet110"):
+        assert name in listing
+    assert main(["list", "methods"]) == 0
+    assert set(capsys.readouterr().out.split()) >= {"okdph", "dml", "kdcl", "independent"}
+    assert main(["list", "augmentations"]) == 0
+    assert "cutout" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).with_name("okdph")
+    out = subprocess.run([str(exe), "train", "--help"], capture_output=True, text=True, check=True)
+    assert "--preset" in out.stdout and "examples:" in out.stdout
+    bad = subprocess.run([str(exe), "train", "--preset", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
