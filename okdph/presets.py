@@ -43,7 +43,8 @@ def preset_config(name: str) -> TrainConfig:
 _DIGITS = (
     "data=digits",
     "model=cnn_digits",
-    "epochs=20",
+    "model.width=32",
+    "epochs=30",
     "batch_size=64",
     "num_students=2",
     "seed=0",
