@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from okdph.autoaugment import auto_augment, rand_augment
+
 Op = Callable[[Tensor, torch.Generator], Tensor]
 # name -> (factory(strength, kind) -> op, kinds it supports, default strength description)
 _OPS: dict[str, tuple[Callable[[float | None, str], Op], tuple[str, ...], str]] = {}
@@ -179,6 +181,34 @@ def _cutout(strength: float | None, kind: str) -> Op:
         return x * (keep.unsqueeze(1) if kind == "image" else keep)
 
     return op
+
+
+@register_op(
+    "randaugment",
+    ("image",),
+    "RandAugment as torchvision's defaults: 2 ops per sample from its 14, at magnitude "
+    "bin N of 0..30 (default 9)",
+)
+def _randaugment(strength: float | None, kind: str) -> Op:
+    magnitude = 9 if strength is None else int(strength)
+    if not 0 <= magnitude <= 30:
+        raise AugmentError(f"randaugment magnitude must lie in 0..30, got {strength}")
+    return lambda x, gen: rand_augment(x, gen, num_ops=2, magnitude=magnitude)
+
+
+@register_op("autoaugment", ("image",), "AutoAugment with the CIFAR-10 policy (torchvision's)")
+def _autoaugment(strength: float | None, kind: str) -> Op:
+    return lambda x, gen: auto_augment(x, gen, "cifar10")
+
+
+@register_op(
+    "autoaugment_imagenet",
+    ("image",),
+    "AutoAugment with the ImageNet policy (torchvision's default, "
+    "which the OKDPH reference's auto_aug pipeline uses even on CIFAR)",
+)
+def _autoaugment_imagenet(strength: float | None, kind: str) -> Op:
+    return lambda x, gen: auto_augment(x, gen, "imagenet")
 
 
 @dataclass(frozen=True)

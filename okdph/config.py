@@ -61,6 +61,10 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 1
     device: str = "auto"
+    # GPU throughput options (no effect on the CPU results while off): channels-last memory layout
+    # for networks and image batches, and bfloat16 autocast for forward passes and losses.
+    channels_last: bool = False
+    amp: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (tuples become lists)."""

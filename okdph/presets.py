@@ -3,6 +3,9 @@
 A preset is a list of ``key=value`` overrides on top of ``TrainConfig()``; ``--set`` adds more.
 The CIFAR presets reproduce the OKDPH reference commands (``src/OKDPH.sh``: methods.md 1.4) with
 paper-mode OKDPH by default; ``--set method.mode=code`` gives the released code's behaviour.
+``<data>-<arch>-okddip`` follow the official OKDDip code (methods.md 2) and ``<data>-<arch>-wml``
+the documented WML defaults (methods.md 3), each for every CIFAR architecture, plus small
+``digits-``/``mnist1d-`` versions of both.
 """
 
 from __future__ import annotations
@@ -152,3 +155,55 @@ for _data, _arch, _omega, _beta, _gamma, _every in _REFERENCE:
         f"method.fusion_gamma={_gamma}",
         f"method.fusion_every={_every}",
     )
+
+# ---- OKDDip and WML ------------------------------------------------------------------------------
+# OKDDip as the official code (methods.md 2): 3 peers + 1 leader sharing the early stages, one view
+# for all of them, T = 3, alpha = 1, ramp over 80/300 of the run, Nesterov momentum.
+_OKDDIP = ("method=okddip", "num_students=4", "optim.nesterov=true")
+# WML (methods.md 3; unverified details are the method's documented defaults): three peers with
+# heads at 1.0, 0.75 and 0.5 of the dense width, sharing the trunk.
+_WML = ("method=wml", "num_students=3")
+for _name, _base, _data_desc in (
+    ("digits", _DIGITS, "the demo's CNNs on digits"),
+    ("mnist1d", _MNIST1D, "1D CNNs on mnist1d"),
+):
+    register_preset(
+        f"{_name}-okddip",
+        f"OKDDip (3 peers + leader, shared first two conv blocks) with {_data_desc}",
+        *_base,
+        *_OKDDIP,
+        "augment=shift",
+    )
+    register_preset(
+        f"{_name}-wml",
+        f"WML (3 peers, heads pruned to 1.0/0.75/0.5, shared trunk) with {_data_desc}",
+        *_base,
+        *_WML,
+        "augment=shift",
+    )
+
+for _data in ("cifar10", "cifar100"):
+    for _arch in ("resnet32", "resnet110", "wrn_20_8", "vgg16", "densenet40_12"):
+        # The official branch VGG (vgg_GL.py) keeps torchvision's dropout 0.5 in its classifier.
+        _extra = ("model.dropout=0.5",) if _arch == "vgg16" else ()
+        register_preset(
+            f"{_data}-{_arch}-okddip",
+            f"OKDDip on {_data.upper()} with {_arch} branches: 3 peers + leader, T 3, "
+            f"Nesterov (official settings, 300 epochs)",
+            f"data={_data}",
+            f"model={_arch}",
+            *_CIFAR,
+            *_OKDDIP,
+            *_extra,
+            "augment=crop+flip",
+        )
+        register_preset(
+            f"{_data}-{_arch}-wml",
+            f"WML on {_data.upper()} with {_arch}: 3 peers sharing the trunk, heads pruned to "
+            f"1.0/0.75/0.5 (OKDPH schedule, 300 epochs)",
+            f"data={_data}",
+            f"model={_arch}",
+            *_CIFAR,
+            *_WML,
+            "augment=crop+flip",
+        )

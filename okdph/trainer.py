@@ -103,10 +103,14 @@ def build_session(cfg: TrainConfig) -> Session:
     method = build_method(
         cfg.method,
         cfg.method_args,
-        lambda: models.create(cfg.model, **kwargs),
+        # Overrides let a method build members that differ from the run's architecture (WML's
+        # pruned heads); the method reports them through member_arch.
+        lambda **overrides: models.create(cfg.model, **{**kwargs, **overrides}),
         cfg.num_students,
         cfg.init,
     ).to(device)
+    if cfg.channels_last:
+        method.to(memory_format=torch.channels_last)
     specs = list(cfg.augment)
     if len(specs) == 1:
         specs = specs * method.num_views
@@ -140,12 +144,30 @@ def build_session(cfg: TrainConfig) -> Session:
 
 
 def method_view_names(method: Method) -> list[str]:
-    names = list(method.nets)
-    return names + ["hybrid"] * (method.num_views - len(names))
+    return method.view_names()
+
+
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bfloat16 autocast on ``device`` when ``enabled`` (a no-op context otherwise)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def to_memory_format(x: Tensor, channels_last: bool) -> Tensor:
+    """``x`` in channels-last layout when asked and it is an image batch, else unchanged."""
+    if channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 @torch.no_grad()
-def evaluate(method: Method, x: Tensor, y: Tensor, batch_size: int = 1024) -> dict[str, float]:
+def evaluate(
+    method: Method,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int = 1024,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> dict[str, float]:
     """Test accuracy (fraction) and mean cross-entropy of every member and the logit ensemble."""
     was_training = method.training
     method.eval()
@@ -155,7 +177,9 @@ def evaluate(method: Method, x: Tensor, y: Tensor, batch_size: int = 1024) -> di
     correct = dict.fromkeys(loss, 0)
     for start in range(0, len(y), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        logits = {name: fn(xb) for name, fn in forwards.items()}
+        xb = to_memory_format(xb, channels_last)
+        with autocast(xb.device, amp):
+            logits = {name: fn(xb) for name, fn in forwards.items()}
         logits["ensemble"] = torch.stack([logits[n] for n in ensemble]).mean(0)
         for name, z in logits.items():
             loss[name] += F.cross_entropy(z.float(), yb, reduction="sum").item()
@@ -203,7 +227,10 @@ class Trainer:
             **s.data.meta,
         }
         members = {
-            name: {"arch": s.arch, "role": "hybrid" if name == "hybrid" else "network"}
+            name: {
+                "arch": s.method.member_arch(name, s.arch),
+                "role": "hybrid" if name == "hybrid" else "network",
+            }
             for name in s.method.checkpoint_states()
         }
         return {
@@ -225,6 +252,8 @@ class Trainer:
                 "torch": torch.__version__,
                 "python": platform.python_version(),
                 "device": str(s.device),
+                "channels_last": s.cfg.channels_last,
+                "amp": "bfloat16 autocast" if s.cfg.amp else "off",
             },
             "command": command or [],
         }
@@ -266,6 +295,17 @@ class Trainer:
         self.run.truncate_metrics(self.epoch)
 
     # ---- loop -------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        cfg = self.s.cfg
+        return evaluate(
+            self.s.method,
+            self.test_x,
+            self.test_y,
+            cfg.eval_batch_size,
+            amp=cfg.amp,
+            channels_last=cfg.channels_last,
+        )
+
     def train_epoch(self) -> dict[str, float]:
         s = self.s
         cfg, data, method = s.cfg, s.data, s.method
@@ -290,13 +330,18 @@ class Trainer:
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             x = data.to_unit(data.train_x[idx])
             y = data.train_y[idx]
-            views = [data.normalize(p(x, gen)) for p in s.pipelines]
-            ctx = StepContext(self.epoch, b, self.step, cfg.epochs, rng)
-            loss, terms = method.compute_loss(views, y, ctx)
+            views = [
+                to_memory_format(data.normalize(p(x, gen)), cfg.channels_last) for p in s.pipelines
+            ]
+            lr = s.optimizer.param_groups[0]["lr"]
+            ctx = StepContext(self.epoch, b, self.step, cfg.epochs, rng, lr)
+            with autocast(s.device, cfg.amp):
+                loss, terms = method.compute_loss(views, y, ctx)
             s.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             s.optimizer.step()
-            method.after_step(ctx)
+            with autocast(s.device, cfg.amp):
+                method.after_step(ctx)
             self.step += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach() * len(y)
@@ -329,7 +374,7 @@ class Trainer:
         last = cfg.epochs if stop_at is None else min(stop_at, cfg.epochs)
         metrics: dict[str, float] = {}
         if self.epoch == 0 and self.run.last_checkpoint() is None:
-            metrics = evaluate(s.method, self.test_x, self.test_y, cfg.eval_batch_size)
+            metrics = self.evaluate()
             self.run.append_metrics({"epoch": 0, "step": 0, **metrics})
             self.save(metrics)
         epochs = _progress(
@@ -346,7 +391,7 @@ class Trainer:
                 train_metrics = self.train_epoch()
                 s.scheduler.step()
                 self.epoch += 1
-                metrics = evaluate(s.method, self.test_x, self.test_y, cfg.eval_batch_size)
+                metrics = self.evaluate()
                 record = {
                     "epoch": self.epoch,
                     "step": self.step,

@@ -31,6 +31,9 @@ class StepContext:
     step: int
     epochs: int
     rng: np.random.Generator
+    # Learning rate of this step (the optimiser's first parameter group), for methods whose
+    # updates model an SGD step (WML's hypergradient).
+    lr: float = 0.0
 
 
 @dataclass
@@ -48,17 +51,23 @@ class Method(nn.Module):
     loss_terms: ClassVar[dict[str, str]] = {}
 
     def __init__(
-        self, config: Any, make_model: Callable[[], nn.Module], num_students: int, init: str
+        self, config: Any, make_model: Callable[..., nn.Module], num_students: int, init: str
     ) -> None:
         super().__init__()
         self.config = config
         self.num_students = num_students
-        self.nets = nn.ModuleDict(
-            {
-                f"student_{i}": net
-                for i, net in enumerate(make_students(make_model, num_students, init))
-            }
-        )
+        self.nets = nn.ModuleDict(self.build_members(make_model, num_students, init))
+
+    def build_members(
+        self, make_model: Callable[..., nn.Module], num_students: int, init: str
+    ) -> dict[str, nn.Module]:
+        """The checkpoint members by name (``student_0`` ... by default).
+
+        ``make_model(**overrides)`` builds the run's architecture; keyword overrides (a pruned
+        head's width) must be reported by ``member_arch`` so the member can be rebuilt.
+        """
+        students = make_students(make_model, num_students, init)
+        return {f"student_{i}": net for i, net in enumerate(students)}
 
     @property
     def students(self) -> list[nn.Module]:
@@ -68,6 +77,15 @@ class Method(nn.Module):
     def num_views(self) -> int:
         """Input views per batch (one per network that sees data)."""
         return len(self.nets)
+
+    def view_names(self) -> list[str]:
+        """Who consumes each input view, for run.json and error messages."""
+        names = list(self.nets)[: self.num_views]
+        return names + ["hybrid"] * (self.num_views - len(names))
+
+    def member_arch(self, name: str, base_arch: dict[str, Any]) -> dict[str, Any]:
+        """Registry name and keyword arguments that rebuild member ``name`` (run.json)."""
+        return base_arch
 
     def compute_loss(
         self, views: list[Tensor], y: Tensor, ctx: StepContext
@@ -120,7 +138,7 @@ class Method(nn.Module):
         }
 
 
-def make_students(make_model: Callable[[], nn.Module], num: int, init: str) -> list[nn.Module]:
+def make_students(make_model: Callable[..., nn.Module], num: int, init: str) -> list[nn.Module]:
     """``num`` networks: copies of one initialisation (``shared``) or independent draws."""
     if num < 1:
         raise ConfigError(f"num_students must be at least 1, got {num}")
@@ -169,7 +187,7 @@ def method_class(name: str) -> type[Method]:
 def build_method(
     name: str,
     args: dict[str, Any],
-    make_model: Callable[[], nn.Module],
+    make_model: Callable[..., nn.Module],
     num_students: int,
     init: str = "auto",
 ) -> Method:

@@ -2,6 +2,9 @@
 
 They are small enough to train in a minute on two CPU cores and to take dense Hessians of in tests,
 yet have the parts that make loss-landscape analysis tricky (BatchNorm, biases, conv filters).
+
+The two CNNs also follow the branch protocol of ``okdph.models.branches``: their first two conv
+blocks are the trunk, the last conv block the head, whose width ``head_width`` can be pruned.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import math
 
 from torch import Tensor, nn
 
+from okdph.models.branches import scaled_width
 from okdph.models.registry import register
 
 
@@ -18,6 +22,16 @@ def _conv_bn_relu(conv: nn.Module, channels: int, bn: bool, dims: int) -> list[n
     if bn:
         norm = nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
     return [conv, norm, nn.ReLU(inplace=True)]
+
+
+def _run(body: nn.Sequential, start: int, stop: int | None, x: Tensor) -> Tensor:
+    for module in list(body)[start:stop]:
+        x = module(x)
+    return x
+
+
+# Index in ``body`` where the head starts: the trunk is the first two conv-BN-ReLU blocks.
+_HEAD_START = 6
 
 
 class MLP(nn.Module):
@@ -54,28 +68,48 @@ class MLP(nn.Module):
 class DigitsCNN(nn.Module):
     """Three-conv CNN with BatchNorm for 1x8x8 images (scikit-learn's digits)."""
 
+    trunk_modules = tuple(f"body.{i}" for i in range(_HEAD_START))
+
     def __init__(
-        self, num_classes: int = 10, width: int = 16, in_channels: int = 1, bn: bool = True
+        self,
+        num_classes: int = 10,
+        width: int = 16,
+        in_channels: int = 1,
+        bn: bool = True,
+        head_width: int | None = None,
     ):
         super().__init__()
         w = width
+        self.head_width = h = 2 * w if head_width is None else int(head_width)
         self.body = nn.Sequential(
             *_conv_bn_relu(nn.Conv2d(in_channels, w, 3, padding=1, bias=not bn), w, bn, 2),
             *_conv_bn_relu(nn.Conv2d(w, 2 * w, 3, padding=1, bias=not bn), 2 * w, bn, 2),
             nn.MaxPool2d(2),
-            *_conv_bn_relu(nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=not bn), 2 * w, bn, 2),
+            *_conv_bn_relu(nn.Conv2d(2 * w, h, 3, padding=1, bias=not bn), h, bn, 2),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
-        self.classifier = nn.Linear(2 * w, num_classes)
-        self.feature_dim = 2 * w
+        self.classifier = nn.Linear(h, num_classes)
+        self.feature_dim = h
 
-    def features(self, x: Tensor) -> Tensor:
-        """Globally pooled features, shape (batch, 2 * width)."""
+    def trunk(self, x: Tensor) -> Tensor:
+        """The first two conv blocks."""
         if x.dim() == 2:  # flat 64-vectors from other pipelines
             side = math.isqrt(x.shape[1])
             x = x.view(x.shape[0], 1, side, side)
-        return self.body(x)
+        return _run(self.body, 0, _HEAD_START, x)
+
+    def head_features(self, h: Tensor) -> Tensor:
+        """Pooling, the last conv block and global pooling of a trunk output."""
+        return _run(self.body, _HEAD_START, None, h)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Globally pooled features, shape (batch, head_width)."""
+        return self.head_features(self.trunk(x))
+
+    def head_width_kwargs(self, keep: float) -> dict[str, int]:
+        """Keyword arguments that rebuild this network with the last conv pruned to ``keep``."""
+        return {"head_width": scaled_width(self.head_width, keep)}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
@@ -88,28 +122,46 @@ class Signal1dCNN(nn.Module):
     the position of a pattern carries class information.
     """
 
+    trunk_modules = tuple(f"body.{i}" for i in range(_HEAD_START))
+
     def __init__(
-        self, num_classes: int = 10, width: int = 32, length: int = 40, bn: bool = True
+        self,
+        num_classes: int = 10,
+        width: int = 32,
+        length: int = 40,
+        bn: bool = True,
+        head_width: int | None = None,
     ) -> None:
         super().__init__()
         w = width
+        self.head_width = h = 2 * w if head_width is None else int(head_width)
         self.body = nn.Sequential(
             *_conv_bn_relu(nn.Conv1d(1, w, 5, padding=2, bias=not bn), w, bn, 1),
             *_conv_bn_relu(nn.Conv1d(w, 2 * w, 3, stride=2, padding=1, bias=not bn), 2 * w, bn, 1),
-            *_conv_bn_relu(
-                nn.Conv1d(2 * w, 2 * w, 3, stride=2, padding=1, bias=not bn), 2 * w, bn, 1
-            ),
+            *_conv_bn_relu(nn.Conv1d(2 * w, h, 3, stride=2, padding=1, bias=not bn), h, bn, 1),
             nn.Flatten(),
         )
         out_len = math.ceil(math.ceil(length / 2) / 2)
-        self.feature_dim = 2 * w * out_len
+        self.feature_dim = h * out_len
         self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """The first two conv blocks."""
+        if x.dim() == 2:
+            x = x.unsqueeze(1)
+        return _run(self.body, 0, _HEAD_START, x)
+
+    def head_features(self, h: Tensor) -> Tensor:
+        """The last conv block of a trunk output, flattened."""
+        return _run(self.body, _HEAD_START, None, h)
 
     def features(self, x: Tensor) -> Tensor:
         """Flattened last feature map, shape (batch, feature_dim)."""
-        if x.dim() == 2:
-            x = x.unsqueeze(1)
-        return self.body(x)
+        return self.head_features(self.trunk(x))
+
+    def head_width_kwargs(self, keep: float) -> dict[str, int]:
+        """Keyword arguments that rebuild this network with the last conv pruned to ``keep``."""
+        return {"head_width": scaled_width(self.head_width, keep)}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
@@ -122,15 +174,23 @@ def mlp(num_classes: int = 10, input_dim: int = 64, hidden=(128, 128), bn: bool 
 
 
 @register("cnn_digits")
-def cnn_digits(num_classes: int = 10, width: int = 16, bn: bool = True) -> DigitsCNN:
+def cnn_digits(
+    num_classes: int = 10, width: int = 16, bn: bool = True, head_width: int | None = None
+) -> DigitsCNN:
     """Small CNN for 1x8x8 digits (about 15k parameters at width 16)."""
-    return DigitsCNN(num_classes, width, bn=bn)
+    return DigitsCNN(num_classes, width, bn=bn, head_width=head_width)
 
 
 @register("cnn1d")
-def cnn1d(num_classes: int = 10, width: int = 32, length: int = 40, bn: bool = True) -> Signal1dCNN:
+def cnn1d(
+    num_classes: int = 10,
+    width: int = 32,
+    length: int = 40,
+    bn: bool = True,
+    head_width: int | None = None,
+) -> Signal1dCNN:
     """1D CNN for mnist1d (length-40 signals)."""
-    return Signal1dCNN(num_classes, width, length, bn)
+    return Signal1dCNN(num_classes, width, length, bn, head_width)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,6 +1,7 @@
 """The loop and the run directory: layout, resume, divergence, student diversity."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -64,8 +65,9 @@ def test_run_directory_layout(tmp_path):
         net.load_state_dict(models[member])
 
 
-def test_resume_gives_identical_weights(tmp_path):
-    cfg = _cfg()
+@pytest.mark.parametrize("preset", ["demo", "digits-okddip", "digits-wml"])
+def test_resume_gives_identical_weights(tmp_path, preset):
+    cfg = _cfg(preset)
     trainer.train(cfg, tmp_path / "straight", progress=False)
 
     session = trainer.build_session(cfg)
@@ -183,3 +185,19 @@ def test_independent_cnn1d_reaches_the_published_mnist1d_band(tmp_path):
     cfg = apply_overrides(preset_config("mnist1d-independent"), ["num_students=1", "augment=shift"])
     _, metrics = trainer.train(cfg, tmp_path / "m1d", progress=False)
     assert metrics["student_0/test_acc"] >= 0.90
+
+
+def test_channels_last_and_bf16_autocast_options(tmp_path):
+    base = _cfg("demo", "epochs=1")
+    _, plain = trainer.train(base, tmp_path / "plain", progress=False, max_batches=2)
+    fast = apply_overrides(base, ["channels_last=true"])
+    run, metrics = trainer.train(fast, tmp_path / "cl", progress=False, max_batches=2)
+    info = run.read_info()
+    assert info["config"]["channels_last"] is True and info["environment"]["amp"] == "off"
+    # Same computation in another memory layout: equal up to float rounding.
+    for key, value in plain.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-3, abs=1e-3), key
+    amp = apply_overrides(base, ["amp=true", "method=okddip", "num_students=3", "augment=shift"])
+    run, metrics = trainer.train(amp, tmp_path / "amp", progress=False, max_batches=2)
+    assert run.read_info()["environment"]["amp"] == "bfloat16 autocast"
+    assert all(math.isfinite(v) for v in metrics.values())
