@@ -106,13 +106,13 @@ def _flip(strength: float | None, kind: str) -> Op:
     return op
 
 
-def _affine(x: Tensor, angle: Tensor, scale: Tensor) -> Tensor:
+def _affine(x: Tensor, angle: Tensor, scale: Tensor, mode: str = "bilinear") -> Tensor:
     """Rotate by ``angle`` (radians) and zoom by ``scale`` about the centre, per sample, zero fill."""
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     zero = torch.zeros_like(cos)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 @register_op("rot", ("image",), "random rotation, uniform in +-N degrees (default 15)")
@@ -121,7 +121,8 @@ def _rot(strength: float | None, kind: str) -> Op:
 
     def op(x: Tensor, gen: torch.Generator) -> Tensor:
         angle = _uniform(x.shape[0], -degrees, degrees, x, gen) * (math.pi / 180)
-        return _affine(x, angle, torch.ones_like(angle))
+        # Nearest-pixel sampling, as torchvision's RandomRotation (the reference pipelines).
+        return _affine(x, angle, torch.ones_like(angle), mode="nearest")
 
     return op
 

@@ -1,0 +1,270 @@
+"""``landscape``: loss-landscape analysis of training runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  landscape analyze runs/demo                      # everything, last epoch -> runs/demo/analysis/
+  landscape analyze runs/demo --epochs all --analyses eigen,trace,interp
+  landscape analyze runs/demo --formats html,json,png,pdf --grid 31 --samples 2000
+  landscape analyze ckpt/cifar10/resnet32_our --arch resnet32 --data cifar10   # reference layout
+  landscape analyze runs/demo --resume             # finish an interrupted analysis
+  landscape hessian runs/demo --member hybrid --json
+  landscape interp runs/demo --start student_0 --end hybrid --json
+  landscape surface runs/demo --member student_0 --grid 11 --json
+"""
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "run_dir", type=Path, help="run directory, reference-code folder or state-dict folder"
+    )
+    p.add_argument("--arch", help="model registry name (reference and state-dict folders)")
+    p.add_argument("--data", help="dataset name (reference and state-dict folders)")
+    p.add_argument(
+        "--samples", type=int, default=512, help="training samples analysed (seeded subset)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of data subsets, probes and directions"
+    )
+    p.add_argument(
+        "--bn",
+        default="recalibrate",
+        choices=["recalibrate", "interpolate", "keep"],
+        help="BatchNorm statistics at points that are not trained checkpoints",
+    )
+    p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from landscape.analyze import ANALYSES
+
+    parser = argparse.ArgumentParser(
+        prog="landscape",
+        description="Loss-landscape analysis of training runs.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser(
+        "analyze",
+        help="every flatness measure for every member; writes a report",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_options(a)
+    a.add_argument("--out", type=Path, help="results folder (default RUN_DIR/analysis)")
+    a.add_argument("--epochs", default="last", help="last (default), all, or a list like 10,20,30")
+    a.add_argument("--members", help="comma-separated members (default: all)")
+    a.add_argument(
+        "--analyses",
+        default=",".join(ANALYSES),
+        help=f"comma-separated subset of {','.join(ANALYSES)}",
+    )
+    a.add_argument("--test-samples", type=int, help="test samples for curves (default: --samples)")
+    a.add_argument("--grid", type=int, default=21, help="points per surface axis (odd)")
+    a.add_argument(
+        "--formats",
+        default="html,json",
+        help="html,json,png,svg,pdf (static export needs Chromium)",
+    )
+    a.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish the previous analysis in --out with its settings",
+    )
+    a.set_defaults(handler=cmd_analyze)
+
+    h = sub.add_parser("hessian", help="extreme eigenvalues, trace and density of one member")
+    _add_run_options(h)
+    h.add_argument("--epoch", default="last")
+    h.add_argument("--member", default=None, help="default: the first member")
+    h.add_argument("--k", type=int, default=5)
+    h.add_argument("--which", default="both", choices=["largest", "smallest", "both"])
+    h.add_argument("--tol", type=float, default=1e-3)
+    h.add_argument("--trace", action="store_true", help="also estimate the trace (Hutch++)")
+    h.add_argument("--density", action="store_true", help="also estimate the spectral density")
+    h.add_argument("--json", action="store_true", help="print the full result as JSON")
+    h.set_defaults(handler=cmd_hessian)
+
+    i = sub.add_parser("interp", help="loss and accuracy on the line between two members")
+    _add_run_options(i)
+    i.add_argument("--epoch", default="last")
+    i.add_argument("--start", required=True)
+    i.add_argument("--end", required=True)
+    i.add_argument("--points", type=int, default=31)
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(handler=cmd_interp)
+
+    s = sub.add_parser("surface", help="a filter-normalised random 2D surface around one member")
+    _add_run_options(s)
+    s.add_argument("--epoch", default="last")
+    s.add_argument("--member", default=None)
+    s.add_argument("--grid", type=int, default=11)
+    s.add_argument("--radius", type=float, default=1.0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=cmd_surface)
+    return parser
+
+
+def _settings(args: argparse.Namespace, **extra):
+    from landscape.analyze import AnalyzeSettings
+
+    samples = args.samples
+    return AnalyzeSettings(
+        samples=samples,
+        test_samples=getattr(args, "test_samples", None) or samples,
+        seed=args.seed,
+        bn=args.bn,
+        device=args.device,
+        **extra,
+    )
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from landscape.analyze import analyze_run
+    from landscape.summary import stdout_table
+
+    settings = _settings(
+        args,
+        epochs=args.epochs,
+        grid=args.grid,
+        members=tuple(m for m in (args.members or "").split(",") if m),
+        analyses=tuple(a for a in args.analyses.split(",") if a),
+    )
+    formats = tuple(f for f in args.formats.split(",") if f)
+    outcome = analyze_run(
+        args.run_dir,
+        settings,
+        out=args.out,
+        arch=args.arch,
+        data=args.data,
+        formats=formats,
+        resume=args.resume,
+        show_progress=not args.no_progress,
+    )
+    print(stdout_table(outcome.summary))
+    print(f"pieces: {outcome.summary['pieces']} ({outcome.computed} computed now)")
+    if outcome.export_message:
+        print(f"note: {outcome.export_message}", file=sys.stderr)
+    print(f"results: {outcome.out}")
+    if outcome.report:
+        print(f"report: {outcome.report}")
+    return 0
+
+
+def _single(args: argparse.Namespace, **extra):
+    from landscape.analyze import Context, select_epochs
+    from landscape.runs import open_run
+
+    run = open_run(args.run_dir, args.arch, args.data)
+    settings = _settings(args, **extra)
+    settings.validate()
+    epoch = select_epochs(run, args.epoch)[-1]
+    return run, Context(run, settings, not args.no_progress), epoch
+
+
+def _member(run, name: str | None) -> str:
+    from landscape._common import LandscapeError
+
+    if name is None:
+        return run.members[0]
+    if name not in run.members:
+        raise LandscapeError(
+            f"{run.path} has no member {name!r}; members: {', '.join(run.members)}"
+        )
+    return name
+
+
+def _emit(record: dict, args: argparse.Namespace, lines: list[str]) -> None:
+    from landscape._common import json_safe
+
+    if args.json:
+        print(json.dumps(json_safe(record), indent=1))
+    else:
+        print("\n".join(lines))
+
+
+def cmd_hessian(args: argparse.Namespace) -> int:
+    from landscape.analyze import curvature_record
+
+    run, ctx, epoch = _single(args, k=args.k, tol=args.tol)
+    member = _member(run, args.member)
+    record = {"run": str(run.path), "epoch": epoch, "member": member}
+    record["eigen"] = curvature_record(ctx, epoch, member, "eigen")
+    lines = [
+        f"{member} at epoch {epoch}: eigenvalues "
+        + ", ".join(f"{v:.5g}" for v in record["eigen"]["values"])
+    ]
+    if args.trace:
+        record["trace"] = curvature_record(ctx, epoch, member, "trace")
+        lines.append(f"trace {record['trace']['value']:.5g} +- {record['trace']['stderr']:.2g}")
+    if args.density:
+        record["density"] = curvature_record(ctx, epoch, member, "density")
+        lines.append(
+            f"density: {len(record['density']['grid'])} grid points, sigma {record['density']['sigma']:.3g}"
+        )
+    _emit(record, args, lines)
+    return 0
+
+
+def cmd_interp(args: argparse.Namespace) -> int:
+    from landscape.analyze import interpolation_record
+
+    run, ctx, epoch = _single(args, alphas=args.points)
+    start, end = _member(run, args.start), _member(run, args.end)
+    record = {"run": str(run.path), "epoch": epoch, **interpolation_record(ctx, epoch, start, end)}
+    lines = [
+        f"{start} -> {end} at epoch {epoch}: barrier train {record['barrier']['train']:.4g}, "
+        f"test {record['barrier']['test']:.4g}"
+    ]
+    _emit(record, args, lines)
+    return 0
+
+
+def cmd_surface(args: argparse.Namespace) -> int:
+    from landscape.analyze import random_surface_record
+
+    run, ctx, epoch = _single(args, grid=args.grid, radius=args.radius)
+    member = _member(run, args.member)
+    record = {
+        "run": str(run.path),
+        "epoch": epoch,
+        "member": member,
+        **random_surface_record(ctx, epoch, member, store=None),
+    }
+    detail = record["detail"]
+    lines = [
+        f"{member} at epoch {epoch}: {len(record['x'])}x{len(record['y'])} grid, centre loss "
+        f"{detail['center_loss']:.4g}, {detail['n_nonfinite']} non-finite points"
+    ]
+    _emit(record, args, lines)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``landscape`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from landscape._common import LandscapeError
+
+    try:
+        return args.handler(args)
+    except LandscapeError as err:
+        print(f"landscape: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "landscape: interrupted; finished pieces are kept, continue with --resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Plotly figures of analysis results: curves, surfaces, spectra, densities and the flatness table.
+
+Every function takes the plain records that ``landscape analyze`` stores (the ``to_dict()`` form of
+the results plus labels), so figures can be rebuilt from the files alone, without recomputation.
+Figures carry their axis units in the titles and their settings in ``layout.meta``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
+HYBRID_COLOUR = "#111111"
+_TEMPLATE = "plotly_white"
+
+
+def member_colour(member: str, members: Sequence[str]) -> str:
+    """A stable colour per member; the hybrid is always black."""
+    if member in ("hybrid", "barycentre"):
+        return HYBRID_COLOUR
+    others = [m for m in members if m not in ("hybrid", "barycentre")]
+    return PALETTE[others.index(member) % len(PALETTE)] if member in others else PALETTE[-1]
+
+
+def _finite(values: Any) -> list[float | None]:
+    """Lists for Plotly with NaN/inf as gaps (None) rather than silently drawn values."""
+    arr = np.asarray(values, dtype=float)
+    return [None if not math.isfinite(v) else float(v) for v in arr.ravel()]
+
+
+def _grid(values: Any) -> list[list[float | None]]:
+    arr = np.asarray(values, dtype=float)
+    return [[None if not math.isfinite(v) else float(v) for v in row] for row in arr]
+
+
+def curves_figure(
+    curves: Sequence[Mapping[str, Any]], title: str = "Linear interpolation"
+) -> go.Figure:
+    """Loss and accuracy along straight lines between members, train (solid) and test (dashed).
+
+    Each curve record has ``label``, ``alphas`` and per split (``train``/``test``) ``loss`` and
+    ``accuracy`` lists; ``barrier`` (per split) is shown in the legend.
+    """
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("loss", "accuracy"), horizontal_spacing=0.14
+    )
+    for i, curve in enumerate(curves):
+        colour = PALETTE[i % len(PALETTE)]
+        for split, dash in (("train", "solid"), ("test", "dash")):
+            if split not in curve:
+                continue
+            barrier = curve.get("barrier", {}).get(split)
+            name = f"{curve['label']} ({split}"
+            name += f", barrier {barrier:.3g})" if barrier is not None else ")"
+            for col, metric in ((1, "loss"), (2, "accuracy")):
+                fig.add_trace(
+                    go.Scatter(
+                        x=_finite(curve["alphas"]),
+                        y=_finite(curve[split][metric]),
+                        mode="lines+markers",
+                        name=name,
+                        legendgroup=name,
+                        showlegend=col == 1,
+                        marker={"size": 4},
+                        line={"color": colour, "dash": dash},
+                    ),
+                    row=1,
+                    col=col,
+                )
+    for x in (0.0, 1.0):
+        fig.add_vline(x=x, line={"color": "#bbbbbb", "width": 1})
+    fig.update_xaxes(title_text="alpha: (1 - alpha) * start + alpha * end")
+    fig.update_yaxes(title_text="mean cross-entropy", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy (fraction)", row=1, col=2)
+    fig.update_layout(
+        title=title,
+        template=_TEMPLATE,
+        height=480,
+        legend={"font": {"size": 10}, "orientation": "h", "yanchor": "top", "y": -0.2},
+    )
+    return fig
+
+
+def _symbol(member: str, three_d: bool) -> str:
+    if member in ("hybrid", "barycentre"):
+        return "diamond" if three_d else "star"
+    return "circle"
+
+
+def _overlay_points(fig: go.Figure, record: Mapping[str, Any], z_of: Any = None) -> None:
+    members = list(record.get("points", {}))
+    for name, xy in record.get("points", {}).items():
+        kwargs = dict(
+            x=[xy[0]],
+            y=[xy[1]],
+            mode="markers+text",
+            text=[name],
+            textposition="top center",
+            name=name,
+            marker={
+                "size": 11 if z_of is None else 6,
+                "color": member_colour(name, members),
+                "symbol": _symbol(name, three_d=z_of is not None),
+            },
+        )
+        if z_of is None:
+            fig.add_trace(go.Scatter(**kwargs))
+        else:
+            fig.add_trace(
+                go.Scatter3d(
+                    z=[z_of(xy)], **{k: v for k, v in kwargs.items() if k != "textposition"}
+                )
+            )
+    for name, path in record.get("trajectories", {}).items():
+        path = np.asarray(path, dtype=float)
+        if z_of is None:
+            fig.add_trace(
+                go.Scatter(
+                    x=path[:, 0],
+                    y=path[:, 1],
+                    mode="lines+markers",
+                    name=f"{name} path",
+                    marker={"size": 4},
+                    line={"color": member_colour(name, members)},
+                )
+            )
+        else:
+            fig.add_trace(
+                go.Scatter3d(
+                    x=path[:, 0],
+                    y=path[:, 1],
+                    z=[z_of(p) for p in path],
+                    mode="lines",
+                    name=f"{name} path",
+                    line={"color": member_colour(name, members), "width": 4},
+                )
+            )
+
+
+def surface_figure(
+    record: Mapping[str, Any],
+    metric: str = "loss",
+    split: str = "train",
+    kind: str = "contour",
+    clip: float | None = None,
+) -> go.Figure:
+    """A 2D loss (or accuracy) surface as a filled contour or a 3D surface, members drawn on it.
+
+    The record has ``x``, ``y`` (coordinates), ``<split>`` with ``loss``/``accuracy`` grids of shape
+    ``(len(y), len(x))``, optional ``points`` (member -> [x, y]) and ``trajectories``
+    (member -> [[x, y], ...]), ``axes`` (axis titles with units) and ``title``.
+    """
+    x, y = np.asarray(record["x"], float), np.asarray(record["y"], float)
+    z = np.asarray(record[split][metric], float)
+    if clip is not None:
+        z = np.where(np.isfinite(z), np.minimum(z, clip), z)
+    axes = record.get("axes", {})
+    label = "mean cross-entropy" if metric == "loss" else "accuracy (fraction)"
+    title = f"{record.get('title', 'surface')}: {split} {metric}"
+    if kind == "surface3d":
+        fig = go.Figure(
+            go.Surface(
+                x=x, y=y, z=_grid(z), colorscale="Viridis", colorbar={"title": label}, name=metric
+            )
+        )
+
+        def z_of(xy: Sequence[float]) -> float:
+            i = int(np.argmin(np.abs(y - xy[1])))
+            j = int(np.argmin(np.abs(x - xy[0])))
+            return float(z[i, j]) if math.isfinite(z[i, j]) else 0.0
+
+        _overlay_points(fig, record, z_of)
+        fig.update_layout(
+            scene={
+                "xaxis_title": axes.get("x", "x"),
+                "yaxis_title": axes.get("y", "y"),
+                "zaxis_title": label,
+            }
+        )
+    else:
+        fig = go.Figure(
+            go.Contour(
+                x=x,
+                y=y,
+                z=_grid(z),
+                colorscale="Viridis",
+                colorbar={"title": label},
+                contours={"coloring": "heatmap"},
+                connectgaps=False,
+                name=metric,
+            )
+        )
+        _overlay_points(fig, record)
+        fig.update_xaxes(title_text=axes.get("x", "x"), constrain="domain")
+        if record.get("equal_axes"):  # both axes in the same units: keep distances true
+            fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
+        fig.update_yaxes(title_text=axes.get("y", "y"))
+    fig.update_layout(
+        title=title,
+        template=_TEMPLATE,
+        height=600,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.15, "x": 0},
+    )
+    return fig
+
+
+def density_figure(densities: Mapping[str, Mapping[str, Any]]) -> go.Figure:
+    """Hessian spectral densities (stochastic Lanczos quadrature) of several members, log scale.
+
+    Each record has ``grid`` (eigenvalue axis), ``density`` and ``sigma`` (Gaussian broadening).
+    """
+    fig = go.Figure()
+    names = list(densities)
+    for name, rec in densities.items():
+        dens = np.asarray(rec["density"], float)
+        floor = max(float(np.nanmax(dens)) * 1e-10, 1e-300) if dens.size else 1e-300
+        fig.add_trace(
+            go.Scatter(
+                x=_finite(rec["grid"]),
+                y=_finite(np.maximum(dens, floor)),
+                mode="lines",
+                name=f"{name} (sigma {rec.get('sigma', float('nan')):.2g})",
+                line={"color": member_colour(name, names)},
+            )
+        )
+    fig.update_yaxes(type="log", title_text="density (log scale)")
+    fig.update_xaxes(title_text="Hessian eigenvalue")
+    fig.update_layout(title="Hessian spectral density", template=_TEMPLATE, height=420)
+    return fig
+
+
+def spectrum_figure(spectra: Mapping[str, Mapping[str, Any]]) -> go.Figure:
+    """Top (and bottom) Hessian eigenvalues per member, with their certified residuals as error bars."""
+    fig = go.Figure()
+    names = list(spectra)
+    for name, rec in spectra.items():
+        values = np.asarray(rec["values"], float)
+        fig.add_trace(
+            go.Scatter(
+                x=[name] * len(values),
+                y=_finite(values),
+                mode="markers",
+                name=name,
+                error_y={"type": "data", "array": _finite(rec.get("residuals", [0] * len(values)))},
+                marker={
+                    "size": 9,
+                    "color": member_colour(name, names),
+                    "symbol": "line-ew-open",
+                    "line": {"width": 3},
+                },
+            )
+        )
+    fig.update_yaxes(title_text="eigenvalue of the Hessian of the mean loss")
+    fig.update_layout(
+        title="Extreme Hessian eigenvalues", template=_TEMPLATE, height=420, showlegend=False
+    )
+    return fig
+
+
+def flatness_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
+) -> go.Figure:
+    """A table comparing members (students, hybrid, ensemble) on the flatness measures.
+
+    ``columns`` lists ``(key, header)``; missing values show as an en dash.
+    """
+
+    def fmt(v: Any) -> str:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "\u2013"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    cells = [[fmt(r.get(key)) for r in rows] for key, _ in columns]
+    fig = go.Figure(
+        go.Table(
+            header={"values": [h for _, h in columns], "align": "left", "fill_color": "#eeeeee"},
+            cells={"values": cells, "align": "left"},
+        )
+    )
+    fig.update_layout(
+        title="Flatness by member",
+        template=_TEMPLATE,
+        height=120 + 32 * max(1, len(rows)),
+        margin={"t": 50, "b": 10},
+    )
+    return fig

@@ -1,0 +1,179 @@
+"""The HTML report and static figure export.
+
+``write_report`` writes one ``report.html`` that works offline: plotly.js is written once beside it
+(``plotly.min.js``) or inlined, figures are embedded as divs, and every setting is shown. Text that
+comes from files (member names, paths, settings) is HTML-escaped.
+
+``export_figures`` writes PNG/SVG/PDF through kaleido in one browser session. Without a Chromium it
+raises ``ExportUnavailable`` with a sentence saying how to enable export; HTML and JSON need none.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly
+import plotly.graph_objects as go
+import plotly.io as pio
+
+STATIC_FORMATS = ("png", "svg", "pdf")
+
+
+class ExportUnavailable(RuntimeError):
+    """Static export cannot run here (no kaleido or no Chromium); the message says how to fix it."""
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _settings_table(settings: Mapping[str, Any]) -> str:
+    rows = []
+    for key, value in settings.items():
+        shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        rows.append(f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(shown))}</td></tr>")
+    return "<table class='settings'>" + "".join(rows) + "</table>"
+
+
+def write_report(
+    path: str | Path,
+    title: str,
+    sections: Sequence[tuple[str, str, Sequence[go.Figure]]],
+    settings: Mapping[str, Any],
+    *,
+    inline_plotlyjs: bool = False,
+) -> Path:
+    """Write a self-contained HTML report.
+
+    Args:
+        path: the ``report.html`` to write (its folder receives ``plotly.min.js`` unless inlined).
+        title: page title (escaped).
+        sections: ``(heading, explanatory text, figures)``; heading and text are escaped.
+        settings: every setting of the analysis, shown as a table at the end.
+        inline_plotlyjs: embed plotly.js in the page (one ~4.5 MB file) instead of beside it.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if inline_plotlyjs:
+        script = f"<script>{plotly.offline.get_plotlyjs()}</script>"
+    else:
+        js = path.parent / "plotly.min.js"
+        if not js.exists():
+            _atomic_write_text(js, plotly.offline.get_plotlyjs())
+        script = "<script src='plotly.min.js'></script>"
+    body = []
+    for i, (heading, text, figures) in enumerate(sections):
+        body.append(f"<section id='s{i}'><h2>{html.escape(heading)}</h2>")
+        if text:
+            body.append(f"<p>{html.escape(text)}</p>")
+        for fig in figures:
+            body.append(
+                fig.to_html(
+                    full_html=False,
+                    include_plotlyjs=False,
+                    config={"displaylogo": False, "responsive": True},
+                )
+            )
+        body.append("</section>")
+    toc = "".join(
+        f"<li><a href='#s{i}'>{html.escape(h)}</a></li>" for i, (h, _, _) in enumerate(sections)
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+{script}
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }}
+h1 {{ font-size: 1.6rem; }} h2 {{ font-size: 1.25rem; margin-top: 2.5rem; border-bottom: 1px solid #ddd; }}
+table.settings {{ border-collapse: collapse; font-size: 0.85rem; }}
+table.settings th, table.settings td {{ border: 1px solid #ddd; padding: 4px 8px; text-align: left;
+  vertical-align: top; }}
+table.settings td {{ font-family: monospace; word-break: break-all; }}
+</style></head>
+<body><h1>{html.escape(title)}</h1><ul>{toc}<li><a href='#settings'>Settings</a></li></ul>
+{"".join(body)}
+<section id='settings'><h2>Settings</h2>{_settings_table(settings)}</section>
+</body></html>
+"""
+    _atomic_write_text(path, page)
+    return path
+
+
+def _browser_hint() -> str:
+    return (
+        "static export needs kaleido>=1 (pip install 'okdph-landscape[export]') and a Chromium "
+        "(Debian/Ubuntu: apt-get install chromium; or set BROWSER_PATH to a Chrome binary); "
+        "HTML and JSON were written"
+    )
+
+
+def find_browser() -> str | None:
+    """Path of a Chromium/Chrome kaleido can drive, or None."""
+    if os.environ.get("BROWSER_PATH") and Path(os.environ["BROWSER_PATH"]).exists():
+        return os.environ["BROWSER_PATH"]
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def export_figures(
+    figures: Mapping[str, go.Figure],
+    folder: str | Path,
+    formats: Sequence[str] = STATIC_FORMATS,
+    *,
+    width: int = 900,
+    height: int | None = None,
+    scale: float = 2.0,
+) -> list[Path]:
+    """Write every figure in every static format, batched in one browser session.
+
+    Args:
+        figures: file stem -> figure.
+        folder: destination folder.
+        formats: any of ``png``, ``svg``, ``pdf``.
+        width, height, scale: image size in CSS pixels (height: the figure's own) and PNG scale.
+
+    Returns:
+        The files written.
+
+    Raises:
+        ExportUnavailable: kaleido or a browser is missing.
+    """
+    formats = [f for f in formats if f in STATIC_FORMATS]
+    if not formats or not figures:
+        return []
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise ExportUnavailable(_browser_hint()) from None
+    browser = find_browser()
+    if browser is None:
+        raise ExportUnavailable(_browser_hint())
+    os.environ.setdefault("BROWSER_PATH", browser)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    figs, paths = [], []
+    for stem, fig in figures.items():
+        for fmt in formats:
+            figs.append(fig)
+            paths.append(folder / f"{stem}.{fmt}")
+    try:
+        pio.write_images(figs, [str(p) for p in paths], width=width, height=height, scale=scale)
+    except Exception as err:  # kaleido reports a missing/broken browser with several types
+        if "chrom" in str(err).lower() or "browser" in str(err).lower():
+            raise ExportUnavailable(_browser_hint()) from None
+        raise
+    return paths

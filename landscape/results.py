@@ -1,0 +1,98 @@
+"""The results store of ``landscape analyze``: one JSON file per finished piece of work.
+
+::
+
+    ANALYSIS/
+      settings.json             the settings of the last call (``--resume`` reuses them)
+      data/<piece key>.json     {"key", "fingerprint", "record"} for every finished piece
+      partial/<piece key>/      chunk stores of surfaces that are still being computed
+      summary.json              every number, gathered from the pieces
+      report.html, figures/     written from the stored records
+
+A piece is kept when its fingerprint (a hash of its settings and of the checkpoint files it reads)
+matches, so a re-run or a resume computes only what is missing, and a changed setting or a
+retrained run recomputes exactly the pieces it affects. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from landscape._common import json_safe
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as strict JSON (non-finite floats become null) via a temp file + os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(json_safe(obj), indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts."""
+    text = json.dumps(json_safe(list(parts)), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-1 of a file's content (cached by path, size and modification time)."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        h = hashlib.sha1()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _FILE_HASHES[key] = h.hexdigest()[:16]
+    return _FILE_HASHES[key]
+
+
+class ResultsStore:
+    """Finished pieces of an analysis, addressed by keys like ``epoch_0030/student_0/eigen``."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / "data" / f"{key}.json"
+
+    def partial_dir(self, key: str) -> Path:
+        """Where a long piece keeps its own resumable chunks while it runs."""
+        return self.root / "partial" / key
+
+    def get(self, key: str, fp: str) -> dict[str, Any] | None:
+        """The stored record of ``key`` if it was computed with fingerprint ``fp``."""
+        path = self._path(key)
+        if not path.exists():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None  # a file torn outside our atomic writes: recompute it
+        if entry.get("fingerprint") != fp:
+            return None
+        return entry["record"]
+
+    def put(self, key: str, fp: str, record: dict[str, Any]) -> None:
+        atomic_write_json(self._path(key), {"key": key, "fingerprint": fp, "record": record})
+
+    def data_file(self, key: str) -> str:
+        """Path of a piece's data file relative to the store root."""
+        return str(self._path(key).relative_to(self.root))
+
+    def read_settings(self) -> dict[str, Any] | None:
+        path = self.root / "settings.json"
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    def write_settings(self, settings: dict[str, Any]) -> None:
+        atomic_write_json(self.root / "settings.json", settings)

@@ -1,0 +1,347 @@
+"""Find the checkpoints of a training run and rebuild its networks.
+
+Three layouts are read:
+
+* ``okdph``: our run directories (``run.json``, ``checkpoints/epoch_NNNN.pt``); architecture and
+  data come from ``run.json``.
+* ``reference``: the OKDPH reference code's ``--save DIR`` folders: ``net{i}_{epoch}ep.pkl`` raw
+  state dicts, the highest index being the HWM; needs ``arch`` and ``data``.
+* ``state_dicts``: a folder of plain state-dict files (``*.pt``, ``*.pth``, ``*.pkl``), one member
+  per file (named by its stem), needs ``arch`` and ``data``.
+
+Networks are rebuilt only through the model registry (``okdph.models.create``), never from an
+import path written in a file; state dicts load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from landscape._common import LandscapeError
+
+_OURS = re.compile(r"^epoch_(\d+)\.pt$")
+_REFERENCE = re.compile(r"^net(\d+)_(\d+)ep\.pkl$")
+_STATE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One saved point of a run: its epoch and, per member, the file that holds its weights."""
+
+    epoch: int
+    files: dict[str, Path]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def members(self) -> list[str]:
+        return list(self.files)
+
+
+@dataclass
+class Run:
+    """A training run as the analyses see it.
+
+    Attributes:
+        path: the directory.
+        layout: ``"okdph"``, ``"reference"`` or ``"state_dicts"``.
+        arch: ``{"name": ..., "kwargs": {...}}`` for the registry, per member in ``member_arch``.
+        data: ``{"name": ..., "kwargs": {...}}`` for ``okdph.data.load_dataset``.
+        checkpoints: sorted by epoch.
+        roles: member -> ``"network"`` or ``"hybrid"``.
+        method: training method if known (``okdph``, ``dml``, ...).
+        info: the parsed run.json (empty for foreign layouts).
+    """
+
+    path: Path
+    layout: str
+    arch: dict[str, Any]
+    data: dict[str, Any]
+    checkpoints: list[Checkpoint]
+    roles: dict[str, str]
+    member_arch: dict[str, dict[str, Any]]
+    method: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    _cache: dict[Path, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def members(self) -> list[str]:
+        return list(self.roles)
+
+    @property
+    def networks(self) -> list[str]:
+        """Members that were trained (students, peers), i.e. not the hybrid."""
+        return [m for m, r in self.roles.items() if r != "hybrid"]
+
+    @property
+    def hybrid(self) -> str | None:
+        return next((m for m, r in self.roles.items() if r == "hybrid"), None)
+
+    def checkpoint(self, epoch: int) -> Checkpoint:
+        for ckpt in self.checkpoints:
+            if ckpt.epoch == epoch:
+                return ckpt
+        raise LandscapeError(
+            f"{self.path} has no checkpoint for epoch {epoch}; "
+            f"available: {', '.join(str(c.epoch) for c in self.checkpoints)}"
+        )
+
+    def state_dict(self, checkpoint: Checkpoint, member: str) -> dict[str, Tensor]:
+        """The member's weights at ``checkpoint`` (CPU tensors)."""
+        if member not in checkpoint.files:
+            raise LandscapeError(
+                f"epoch {checkpoint.epoch} of {self.path} has no member {member!r}; "
+                f"members: {', '.join(checkpoint.members)}"
+            )
+        path = checkpoint.files[member]
+        if path not in self._cache:
+            self._cache.clear()  # keep one file's tensors in memory at a time
+            self._cache[path] = _torch_load(path)
+        obj = self._cache[path]
+        state = obj["models"][member] if self.layout == "okdph" else _unwrap_state_dict(obj, path)
+        return state
+
+    def build_model(self, member: str) -> nn.Module:
+        """A fresh network of the member's architecture (random weights), from the registry."""
+        from okdph.models import UnknownModelError, create
+
+        arch = self.member_arch.get(member, self.arch)
+        try:
+            return create(arch["name"], **arch.get("kwargs", {}))
+        except (UnknownModelError, ValueError) as err:
+            raise LandscapeError(str(err)) from None
+
+    def load_model(
+        self, checkpoint: Checkpoint, member: str, device: torch.device | str = "cpu"
+    ) -> nn.Module:
+        """The member's network at ``checkpoint``, in eval mode on ``device``."""
+        model = self.build_model(member)
+        state = self.state_dict(checkpoint, member)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            arch = self.member_arch.get(member, self.arch)["name"]
+            reason = str(err).split("\n\t")[1].strip() if "\n\t" in str(err) else str(err)
+            raise LandscapeError(
+                f"{checkpoint.files[member]}: the weights of {member} do not fit "
+                f"architecture {arch!r} ({reason.rstrip('.')})"
+            ) from None
+        return model.to(device).eval()
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise LandscapeError(f"checkpoint file {path} does not exist") from None
+    except Exception as err:  # truncated files and foreign formats raise many types
+        raise LandscapeError(
+            f"{path} is not a readable PyTorch checkpoint "
+            f"({err.__class__.__name__}); it may be truncated"
+        ) from None
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
+    """A state dict, possibly wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return {k.removeprefix("module."): v for k, v in obj.items()}  # DataParallel prefixes
+    raise LandscapeError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+
+
+def _need(value: Any, option: str, layout: str, path: Path) -> Any:
+    if not value:
+        raise LandscapeError(f"{path} is a {layout} folder; pass {option} to say how to rebuild it")
+    return value
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_arch(text: str) -> dict[str, Any]:
+    """``"resnet32"`` or ``"cnn_digits:width=32,bn=true"`` -> ``{"name", "kwargs"}``."""
+    name, _, rest = text.partition(":")
+    kwargs = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise LandscapeError(
+                f"--arch arguments must look like name:key=value,key=value, not {text!r}"
+            )
+        kwargs[key.strip()] = _literal(value.strip())
+    return {"name": name.strip(), "kwargs": kwargs}
+
+
+def _arch_spec(arch: str | dict[str, Any] | None, num_classes: int | None) -> dict[str, Any] | None:
+    if arch is None:
+        return None
+    spec = (
+        parse_arch(arch)
+        if isinstance(arch, str)
+        else {"name": arch["name"], "kwargs": dict(arch.get("kwargs", {}))}
+    )
+    if num_classes is not None:
+        spec["kwargs"].setdefault("num_classes", num_classes)
+    return spec
+
+
+def _data_spec(data: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    if data is None or isinstance(data, dict):
+        return data
+    return {"name": data, "kwargs": {}}
+
+
+def _num_classes(data: dict[str, Any] | None) -> int | None:
+    name = (data or {}).get("name", "")
+    return 100 if name == "cifar100" else 10 if name else None
+
+
+def open_run(
+    path: str | Path,
+    arch: str | dict[str, Any] | None = None,
+    data: str | dict[str, Any] | None = None,
+) -> Run:
+    """Read a run directory of any supported layout.
+
+    Args:
+        path: the directory.
+        arch: registry name (or ``{"name", "kwargs"}``) of the architecture; required for the
+            reference and state-dict layouts, ignored for ours (run.json knows it).
+        data: dataset name (or ``{"name", "kwargs"}``); as ``arch``.
+
+    Raises:
+        LandscapeError: a missing or empty directory, missing ``arch``/``data``, an unreadable
+            run.json; the message names the path.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise LandscapeError(f"run directory {path} does not exist")
+    if not path.is_dir():
+        raise LandscapeError(f"{path} is not a directory")
+    if (path / "run.json").exists():
+        return _open_ours(path)
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    reference = [(p, _REFERENCE.match(p.name)) for p in files]
+    reference = [(p, m) for p, m in reference if m]
+    data_spec = _data_spec(data)
+    if reference:
+        data_spec = _need(data_spec, "--data", "reference-layout (net{i}_{epoch}ep.pkl)", path)
+        arch_spec = _need(
+            _arch_spec(arch, _num_classes(data_spec)),
+            "--arch",
+            "reference-layout (net{i}_{epoch}ep.pkl)",
+            path,
+        )
+        hybrid_index = max(int(m.group(1)) for _, m in reference)
+        by_epoch: dict[int, dict[str, Path]] = {}
+        for p, m in reference:
+            index, epoch = int(m.group(1)), int(m.group(2))
+            name = "hybrid" if index == hybrid_index and hybrid_index > 0 else f"student_{index}"
+            by_epoch.setdefault(epoch, {})[name] = p
+        checkpoints = [
+            Checkpoint(e, dict(sorted(f.items(), key=lambda kv: (kv[0] == "hybrid", kv[0]))))
+            for e, f in sorted(by_epoch.items())
+        ]
+        roles = {
+            m: ("hybrid" if m == "hybrid" else "network") for c in checkpoints for m in c.files
+        }
+        roles = dict(sorted(roles.items(), key=lambda kv: (kv[1] == "hybrid", kv[0])))
+        return Run(
+            path,
+            "reference",
+            arch_spec,
+            data_spec,
+            checkpoints,
+            roles,
+            {m: arch_spec for m in roles},
+            method="okdph",
+        )
+    states = [p for p in files if p.suffix in _STATE_SUFFIXES]
+    if not states:
+        raise LandscapeError(
+            f"{path} holds no checkpoint: no run.json, no net{{i}}_{{epoch}}ep.pkl "
+            f"files and no state-dict files ({', '.join(_STATE_SUFFIXES)})"
+        )
+    data_spec = _need(data_spec, "--data", "state-dict", path)
+    arch_spec = _need(_arch_spec(arch, _num_classes(data_spec)), "--arch", "state-dict", path)
+    members = {p.stem: p for p in states}
+    roles = {m: ("hybrid" if m.lower() in ("hybrid", "hwm") else "network") for m in members}
+    return Run(
+        path,
+        "state_dicts",
+        arch_spec,
+        data_spec,
+        [Checkpoint(0, members)],
+        roles,
+        {m: arch_spec for m in roles},
+    )
+
+
+def _open_ours(path: Path) -> Run:
+    try:
+        info = json.loads((path / "run.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LandscapeError(
+            f"{path / 'run.json'} is not valid JSON ({err.__class__.__name__})"
+        ) from None
+    if not isinstance(info, dict) or info.get("format") != "okdph-run":
+        raise LandscapeError(f"{path / 'run.json'} is not an okdph run description")
+    try:
+        arch = info["arch"]
+        data = {"name": info["data"]["name"], "kwargs": dict(info["data"].get("kwargs", {}))}
+        members_info = info["members"]
+    except (KeyError, TypeError) as err:
+        raise LandscapeError(f"{path / 'run.json'} lacks the field {err}") from None
+    checkpoints = []
+    ckpt_dir = path / "checkpoints"
+    for p in sorted(ckpt_dir.iterdir()) if ckpt_dir.is_dir() else []:
+        m = _OURS.match(p.name)
+        if not m:
+            continue
+        sidecar_path = p.with_suffix(".json")
+        sidecar = {}
+        if sidecar_path.exists():
+            try:
+                sidecar = json.loads(sidecar_path.read_text())
+            except json.JSONDecodeError:
+                sidecar = {}
+        names = sidecar.get("members", list(members_info))
+        checkpoints.append(
+            Checkpoint(int(m.group(1)), {n: p for n in names}, sidecar.get("metrics", {}))
+        )
+    if not checkpoints:
+        raise LandscapeError(f"{path} has no checkpoint yet (checkpoints/epoch_NNNN.pt)")
+    checkpoints.sort(key=lambda c: c.epoch)
+    roles = {
+        n: (v.get("role", "network") if isinstance(v, dict) else "network")
+        for n, v in members_info.items()
+    }
+    member_arch = {
+        n: (v.get("arch", arch) if isinstance(v, dict) else arch) for n, v in members_info.items()
+    }
+    return Run(
+        path,
+        "okdph",
+        arch,
+        data,
+        checkpoints,
+        roles,
+        member_arch,
+        method=info.get("method", {}).get("name"),
+        info=info,
+    )

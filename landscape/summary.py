@@ -1,0 +1,288 @@
+"""From stored piece records to ``summary.json``, figures, the HTML report and the stdout table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from landscape import plots
+from landscape.report import ExportUnavailable, export_figures, write_report
+from landscape.results import atomic_write_json
+from landscape.runs import Run
+
+TABLE_COLUMNS = [
+    ("member", "member"),
+    ("lambda_max", "\u03bb max"),
+    ("lambda_min", "\u03bb min"),
+    ("trace", "trace"),
+    ("trace_stderr", "trace s.e."),
+    ("sharpness_average", "adaptive sharpness (avg)"),
+    ("sharpness_worst", "adaptive sharpness (worst)"),
+    ("train_loss", "train loss (subset)"),
+    ("test_acc", "test accuracy"),
+]
+
+
+def _epoch_of(key: str) -> int | None:
+    head = key.split("/", 1)[0]
+    return int(head.removeprefix("epoch_")) if head.startswith("epoch_") else None
+
+
+def flatness_rows(run: Run, epoch: int, records: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per member at ``epoch`` (plus the logit ensemble's accuracy when logged)."""
+    tag = f"epoch_{epoch:04d}"
+    metrics = run.checkpoint(epoch).metrics
+    members = sorted(
+        {
+            k.split("/")[1]
+            for k in records
+            if k.startswith(tag + "/") and k.split("/")[1] not in ("interp", "plane")
+        },
+        key=lambda m: (run.roles.get(m) == "hybrid", m),
+    )
+    rows = []
+    for m in members:
+        row: dict[str, Any] = {"member": m, "role": run.roles.get(m, "network")}
+        eig = records.get(f"{tag}/{m}/eigen")
+        if eig:
+            row["lambda_max"], row["lambda_min"] = max(eig["values"]), min(eig["values"])
+            row["eigen_converged"] = all(eig["converged"])
+        tr = records.get(f"{tag}/{m}/trace")
+        if tr:
+            row["trace"], row["trace_stderr"] = tr["value"], tr["stderr"]
+        sh = records.get(f"{tag}/{m}/sharpness")
+        if sh:
+            row["sharpness_average"] = sh["average"]["value"]
+            row["sharpness_worst"] = sh["worst"]["value"]
+            row["train_loss"] = sh["average"]["clean_loss"]
+        if f"{m}/test_acc" in metrics:
+            row["test_acc"] = metrics[f"{m}/test_acc"]
+        rows.append(row)
+    if "ensemble/test_acc" in metrics:
+        rows.append(
+            {"member": "ensemble", "role": "ensemble", "test_acc": metrics["ensemble/test_acc"]}
+        )
+    return rows
+
+
+def build_summary(
+    run: Run,
+    settings: Mapping[str, Any],
+    records: Mapping[str, Any],
+    files: Mapping[str, str],
+    computed: int,
+) -> dict[str, Any]:
+    """Every number of the analysis in one JSON-ready dict."""
+    epochs = sorted({e for e in (_epoch_of(k) for k in records) if e is not None})
+    curves = {}
+    for key, rec in records.items():
+        if "/interp/" in key:
+            curves[key] = {
+                "start": rec["start"],
+                "end": rec["end"],
+                "barrier_train": rec["barrier"]["train"],
+                "barrier_test": rec["barrier"]["test"],
+            }
+    surfaces = {}
+    for key, rec in records.items():
+        if "x" in rec and "train" in rec:
+            detail = rec.get("detail", {})
+            surfaces[key] = {
+                "title": rec["title"],
+                "axes": rec["axes"],
+                "grid": [len(rec["x"]), len(rec["y"])],
+                "center_loss": detail.get("center_loss"),
+                "n_nonfinite": detail.get("n_nonfinite"),
+                "bn": detail.get("bn"),
+                "directions": detail.get("directions", {}).get("kind"),
+            }
+    return {
+        "run": {
+            "path": str(run.path),
+            "layout": run.layout,
+            "method": run.method,
+            "arch": run.arch,
+            "data": run.data,
+            "members": run.roles,
+        },
+        "settings": dict(settings),
+        "data": {
+            "split": "train without augmentation (seeded subset); curves also on a test subset",
+            "train_samples_requested": settings.get("samples"),
+            "test_samples_requested": settings.get("test_samples"),
+            "seed": settings.get("seed"),
+        },
+        "epochs": epochs,
+        "flatness": {str(e): flatness_rows(run, e, records) for e in epochs},
+        "curves": curves,
+        "surfaces": surfaces,
+        "records": dict(records),
+        "files": dict(files),
+        "pieces": len(records),
+        "computed_now": computed,
+    }
+
+
+def build_figures(summary: Mapping[str, Any]) -> list[tuple[str, str, list[tuple[str, go.Figure]]]]:
+    """Report sections ``(heading, text, [(file stem, figure), ...])`` from a summary."""
+    records = summary["records"]
+    sections: list[tuple[str, str, list[tuple[str, go.Figure]]]] = []
+    for epoch in summary["epochs"]:
+        tag = f"epoch_{epoch:04d}"
+        rows = summary["flatness"][str(epoch)]
+        figs: list[tuple[str, go.Figure]] = [
+            (f"flatness_{tag}", plots.flatness_table(rows, TABLE_COLUMNS))
+        ]
+        spectra = {
+            k.split("/")[1]: r
+            for k, r in records.items()
+            if k.startswith(tag) and k.endswith("/eigen")
+        }
+        if spectra:
+            figs.append((f"spectrum_{tag}", plots.spectrum_figure(spectra)))
+        dens = {
+            k.split("/")[1]: r
+            for k, r in records.items()
+            if k.startswith(tag) and k.endswith("/density")
+        }
+        if dens:
+            figs.append((f"density_{tag}", plots.density_figure(dens)))
+        sections.append(
+            (
+                f"Curvature at epoch {epoch}",
+                "Extreme Hessian eigenvalues (with certified error bars), trace (Hutch++) and "
+                "spectral density (stochastic Lanczos quadrature) of the mean training loss; "
+                "adaptive sharpness as the loss increase in an L2 ball scaled by |w|.",
+                figs,
+            )
+        )
+        curves = [r for k, r in records.items() if k.startswith(f"{tag}/interp/")]
+        if curves:
+            sections.append(
+                (
+                    f"Interpolation at epoch {epoch}",
+                    "Loss and accuracy on straight lines between members; the barrier is the "
+                    "highest loss between the ends minus the mean of the two end losses.",
+                    [(f"interp_{tag}", plots.curves_figure(curves))],
+                )
+            )
+        planes = [r for k, r in records.items() if k.startswith(f"{tag}/plane/")]
+        for rec in planes:
+            sections.append(
+                (
+                    f"Plane at epoch {epoch}",
+                    rec.get("kind", ""),
+                    [
+                        (f"plane_{tag}", plots.surface_figure(rec, kind="contour")),
+                        (f"plane3d_{tag}", plots.surface_figure(rec, kind="surface3d")),
+                    ],
+                )
+            )
+        randoms = [
+            (k, r) for k, r in records.items() if k.startswith(tag) and k.endswith("/surface")
+        ]
+        if randoms:
+            sections.append(
+                (
+                    f"Random 2D surfaces at epoch {epoch}",
+                    "Filter-normalised Gaussian directions (Li et al. 2018), biases and "
+                    "BatchNorm parameters fixed; the same seed for every member.",
+                    [
+                        (f"surface_{tag}_{k.split('/')[1]}", plots.surface_figure(r))
+                        for k, r in randoms
+                    ],
+                )
+            )
+    for key, rec in records.items():
+        if key.startswith("trajectory/"):
+            sections.append(
+                (
+                    "Training trajectories",
+                    "Surface on the plane of the first two principal components of the "
+                    "students' checkpoints (computed through their Gram matrix), centred on the "
+                    "final hybrid when there is one; trajectories projected onto it.",
+                    [
+                        ("trajectory", plots.surface_figure(rec, kind="contour")),
+                        ("trajectory3d", plots.surface_figure(rec, kind="surface3d")),
+                    ],
+                )
+            )
+    return sections
+
+
+def write_outputs(
+    summary: dict[str, Any], out: Path, formats: Sequence[str]
+) -> tuple[Path | None, str | None]:
+    """Write summary.json, figure files and report.html; returns the report path and a message
+    when static export was asked for but is unavailable."""
+    atomic_write_json(out / "summary.json", summary)
+    sections = build_figures(summary)
+    figures = {stem: fig for _, _, figs in sections for stem, fig in figs}
+    report = None
+    if "json" in formats:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+        for stem, fig in figures.items():
+            tmp = out / "figures" / f".{stem}.json.tmp"
+            tmp.write_text(fig.to_json())
+            tmp.replace(out / "figures" / f"{stem}.json")
+    if "html" in formats:
+        settings = {
+            "run": summary["run"]["path"],
+            "layout": summary["run"]["layout"],
+            "method": summary["run"]["method"],
+            "architecture": summary["run"]["arch"],
+            "data": summary["run"]["data"],
+            "run members": summary["run"]["members"],
+            **summary["settings"],
+            **summary["data"],
+        }
+        title = f"Loss landscape of {Path(summary['run']['path']).name}"
+        report = write_report(
+            out / "report.html",
+            title,
+            [(h, t, [f for _, f in figs]) for h, t, figs in sections],
+            settings,
+        )
+    message = None
+    static = [f for f in formats if f in ("png", "svg", "pdf")]
+    if static:
+        try:
+            export_figures(figures, out / "figures", static)
+        except ExportUnavailable as err:
+            message = str(err)
+    return report, message
+
+
+def stdout_table(summary: Mapping[str, Any]) -> str:
+    """The short table printed at the end: member, lambda_max, trace, sharpness, test accuracy."""
+    if not summary["epochs"]:
+        return "no per-member results"
+    epoch = summary["epochs"][-1]
+    rows = summary["flatness"][str(epoch)]
+
+    def fmt(v: Any, spec: str = ".4g") -> str:
+        return (
+            "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+        )
+
+    lines = [
+        f"epoch {epoch}",
+        f"{'member':<12} {'lambda_max':>11} {'trace':>11} {'sharpness':>10} {'test_acc':>9}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['member']:<12} {fmt(r.get('lambda_max')):>11} {fmt(r.get('trace')):>11} "
+            f"{fmt(r.get('sharpness_average')):>10} {fmt(r.get('test_acc'), '.4f'):>9}"
+        )
+    for key, c in summary["curves"].items():
+        if not key.startswith(f"epoch_{epoch:04d}/"):
+            continue
+        lines.append(
+            f"barrier {c['start']} -> {c['end']}: train {fmt(c['barrier_train'])}, "
+            f"test {fmt(c['barrier_test'])}"
+        )
+    return "\n".join(lines)

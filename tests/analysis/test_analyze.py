@@ -1,0 +1,257 @@
+"""`landscape analyze` end to end on a tiny run: all layouts, resume, bad input."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from landscape.analyze import ANALYSES, AnalyzeSettings, analyze_run
+from landscape.cli import main
+
+FAST = dict(
+    samples=64,
+    test_samples=64,
+    batch_size=32,
+    grid=3,
+    alphas=5,
+    k=2,
+    tol=1e-2,
+    trace_rtol=0.3,
+    density_runs=2,
+    density_steps=8,
+    max_trajectory=3,
+)
+CLI_FAST = ["--samples", "64", "--no-progress"]
+
+
+def _settings(**kwargs):
+    return AnalyzeSettings(**{**FAST, **kwargs})
+
+
+def test_full_suite_on_our_layout(tiny_run):
+    outcome = analyze_run(tiny_run, _settings(), show_progress=False)
+    summary = outcome.summary
+    out = tiny_run / "analysis"
+    assert outcome.out == out and outcome.report == out / "report.html"
+    keys = set(summary["records"])
+    for member in ("student_0", "student_1", "hybrid"):
+        for analysis in ("eigen", "trace", "density", "sharpness", "surface"):
+            assert f"epoch_0002/{member}/{analysis}" in keys
+    assert {
+        "epoch_0002/interp/student_0--student_1",
+        "epoch_0002/interp/student_0--hybrid",
+        "epoch_0002/interp/student_1--hybrid",
+        "epoch_0002/plane/student_0--student_1--hybrid",
+        "trajectory/student_0--student_1",
+    } <= keys
+    rows = {r["member"]: r for r in summary["flatness"]["2"]}
+    assert set(rows) == {"student_0", "student_1", "hybrid", "ensemble"}
+    for member in ("student_0", "student_1", "hybrid"):
+        assert rows[member]["lambda_max"] >= rows[member]["lambda_min"]
+        assert rows[member]["trace_stderr"] > 0
+    curve = summary["records"]["epoch_0002/interp/student_0--student_1"]
+    assert curve["alphas"][0] == -0.25 and 0.0 in curve["alphas"] and 1.0 in curve["alphas"]
+    # Every point, the ends included, follows one BatchNorm policy (recalibration on the subset),
+    # so the ends sit close to, but not exactly at, the checkpoints' own losses.
+    assert curve["detail"]["train"]["bn_endpoints"] == "policy"
+    start = curve["train"]["loss"][curve["alphas"].index(0.0)]
+    assert start == curve["detail"]["train"]["start_loss"]
+    assert start == pytest.approx(_own_loss(tiny_run, "student_0"), rel=0.2)
+    plane = summary["records"]["epoch_0002/plane/student_0--student_1--hybrid"]
+    assert "midpoint" in plane["kind"]  # two students: the hybrid is on their line
+    assert plane["points"]["hybrid"] == [0.0, 0.0]
+    for name in ("summary.json", "report.html", "plotly.min.js", "settings.json"):
+        assert (out / name).exists()
+    assert json.loads((out / "summary.json").read_text())["pieces"] == len(keys)
+    assert list((out / "figures").glob("*.json"))
+    assert summary["records"]["epoch_0002/hybrid/eigen"]["bn"] == "recalibrated"
+
+
+def _own_loss(run_dir, member):
+    from landscape.analyze import Context
+    from landscape.runs import open_run
+
+    ctx = Context(open_run(run_dir), _settings(), show_progress=False)
+    model = ctx.model(2, member)
+    with torch.no_grad():
+        total = sum(
+            torch.nn.functional.cross_entropy(model(x), y, reduction="sum").item()
+            for x, y in ctx.data("train")
+        )
+    return total / ctx.n_samples("train")
+
+
+def test_rerun_and_resume_compute_nothing_twice(tiny_run, monkeypatch):
+    import landscape.analyze as analyze
+
+    calls = []
+    original = analyze.interpolation_record
+
+    def counting(ctx, epoch, a, b):
+        calls.append((a, b))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed in the middle of the second curve
+        return original(ctx, epoch, a, b)
+
+    monkeypatch.setattr(analyze, "interpolation_record", counting)
+    settings = _settings(analyses=("interp", "eigen"))
+    with pytest.raises(KeyboardInterrupt):
+        analyze_run(tiny_run, settings, show_progress=False)
+    stored = sorted(p.name for p in (tiny_run / "analysis" / "data").rglob("*.json"))
+    assert stored  # the pieces finished before the interruption are on disk
+    monkeypatch.setattr(analyze, "interpolation_record", original)
+    calls.clear()
+    monkeypatch.setattr(
+        analyze, "interpolation_record", lambda *a: calls.append(a[2:]) or original(*a)
+    )
+    outcome = analyze_run(tiny_run, resume=True, show_progress=False)
+    assert outcome.computed == 6 - len(stored)  # 3 eigen + 3 curves, minus the stored ones
+    assert len(calls) == len(set(calls)) and outcome.summary["pieces"] == 6
+    again = analyze_run(tiny_run, settings, show_progress=False)
+    assert again.computed == 0
+    changed = analyze_run(
+        tiny_run, _settings(analyses=("interp", "eigen"), k=3), show_progress=False
+    )
+    assert changed.computed == 3  # only the eigenvalue pieces depend on k
+
+
+def test_foreign_layouts_via_cli(tiny_run, tmp_path, capsys):
+    from tests.analysis.test_runs import _reference_layout
+
+    ref = _reference_layout(tiny_run, tmp_path / "ref")
+    # The default width does not fit: one sentence naming the file, exit 2.
+    code = main(
+        [
+            "analyze",
+            str(ref),
+            "--arch",
+            "cnn_digits",
+            "--data",
+            "digits",
+            "--analyses",
+            "eigen",
+            *CLI_FAST,
+        ]
+    )
+    assert code == 2
+    assert re.search(r"net\d_2ep\.pkl: the weights of \w+ do not fit", capsys.readouterr().err)
+    code = main(
+        [
+            "analyze",
+            str(ref),
+            "--arch",
+            "cnn_digits:width=4",
+            "--data",
+            "digits",
+            "--epochs",
+            "all",
+            "--analyses",
+            "eigen,interp",
+            "--grid",
+            "3",
+            *CLI_FAST,
+        ]
+    )
+    assert code == 0
+    summary = json.loads((ref / "analysis" / "summary.json").read_text())
+    assert summary["run"]["layout"] == "reference" and summary["epochs"] == [1, 2]
+    assert "epoch_0001/interp/student_0--hybrid" in summary["records"]
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    models = torch.load(tiny_run / "checkpoints" / "epoch_0002.pt", weights_only=True)["models"]
+    torch.save(models["student_0"], plain / "first.pt")
+    torch.save(models["student_1"], plain / "<i>second.pt")
+    code = main(
+        [
+            "analyze",
+            str(plain),
+            "--arch",
+            "cnn_digits:width=4",
+            "--data",
+            "digits",
+            "--analyses",
+            "eigen,interp",
+            "--out",
+            str(tmp_path / "plain_out"),
+            *CLI_FAST,
+        ]
+    )
+    assert code == 0
+    html = (tmp_path / "plain_out" / "report.html").read_text()
+    body = html.split("</head>", 1)[1]
+    assert "&lt;i&gt;second" in body and "<i>second" not in body
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["analyze", "{missing}"], "does not exist"),
+        (["analyze", "{empty}"], "holds no checkpoint"),
+        (["analyze", "{run}", "--analyses", "eigen,curvature"], "unknown analysis 'curvature'"),
+        (["analyze", "{run}", "--members", "student_9"], "has no member 'student_9'"),
+        (["analyze", "{run}", "--epochs", "7"], "has no checkpoint for epoch 7"),
+        (["analyze", "{run}", "--grid", "4"], "--grid must be an odd number"),
+        (["analyze", "{run}", "--formats", "html,gif"], "unknown format 'gif'"),
+        (["hessian", "{run}", "--member", "teacher"], "has no member 'teacher'"),
+    ],
+)
+def test_user_errors_exit_2(argv, fragment, tiny_run, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    paths = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "run": tiny_run}
+    argv = [a.format(**paths) for a in argv]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and fragment in err
+
+
+def test_single_analyses_print_json(tiny_run, capsys):
+    assert (
+        main(["hessian", str(tiny_run), "--member", "hybrid", "--k", "2", "--json", *CLI_FAST]) == 0
+    )
+    record = json.loads(capsys.readouterr().out)
+    assert record["member"] == "hybrid" and len(record["eigen"]["values"]) == 4
+    assert (
+        main(
+            [
+                "interp",
+                str(tiny_run),
+                "--start",
+                "student_0",
+                "--end",
+                "student_1",
+                "--points",
+                "5",
+                "--json",
+                *CLI_FAST,
+            ]
+        )
+        == 0
+    )
+    record = json.loads(capsys.readouterr().out)
+    alphas, loss = record["alphas"], record["train"]["loss"]
+    inside = [l for a, l in zip(alphas, loss) if 0 <= a <= 1]
+    ends = (loss[alphas.index(0.0)] + loss[alphas.index(1.0)]) / 2
+    assert record["barrier"]["train"] == pytest.approx(max(inside) - ends)
+    assert (
+        main(
+            ["surface", str(tiny_run), "--member", "student_1", "--grid", "3", "--json", *CLI_FAST]
+        )
+        == 0
+    )
+    record = json.loads(capsys.readouterr().out)
+    assert len(record["x"]) == 3 and record["detail"]["n_nonfinite"] == 0
+
+
+def test_analyses_list_is_complete():
+    assert set(ANALYSES) == {
+        "eigen",
+        "trace",
+        "density",
+        "sharpness",
+        "interp",
+        "plane",
+        "surface",
+        "trajectory",
+    }
