@@ -2,9 +2,87 @@
 
 Every analysis takes a model, a loss function and ``data`` (any iterable of ``(inputs, targets)``
 batches) and returns a frozen dataclass with ``to_dict()``; losses are the sample-weighted mean over
-all batches.
+all batches. ``analyze_run`` runs the whole suite on a training run directory.
 """
 
 from landscape._common import LandscapeError, resolve_device, select_parameters
+from landscape.analyze import AnalyzeSettings, analyze_run
+from landscape.batchnorm import BN_POLICIES, recalibrate
+from landscape.evaluate import EngineSettings, Evaluation, Evaluator, evaluate
+from landscape.hessian import (
+    Density,
+    Spectrum,
+    Trace,
+    hessian_trace,
+    spectral_density,
+    top_eigenvalues,
+)
+from landscape.hvp import HessianOperator
+from landscape.interpolate import Curve, barrier_height, interpolate
+from landscape.params import (
+    as_state,
+    combine,
+    direction_between,
+    filter_norms,
+    lerp,
+    normalize_direction,
+    parameter_names,
+    random_direction,
+)
+from landscape.runs import Run, open_run
+from landscape.sharpness import Sharpness, sharpness
+from landscape.store import ChunkStore
+from landscape.subspace import Plane, TrajectoryPCA, pca_trajectory, plane_through
+from landscape.surface import Surface, grid_coordinates, plane_grid, span_coordinates, surface
 
-__all__ = ["LandscapeError", "resolve_device", "select_parameters"]
+__all__ = [
+    # curvature
+    "top_eigenvalues",
+    "hessian_trace",
+    "spectral_density",
+    "Spectrum",
+    "Trace",
+    "Density",
+    "HessianOperator",
+    # geometry
+    "interpolate",
+    "Curve",
+    "barrier_height",
+    "surface",
+    "Surface",
+    "grid_coordinates",
+    "span_coordinates",
+    "plane_grid",
+    "sharpness",
+    "Sharpness",
+    # weights, directions, subspaces, BatchNorm
+    "as_state",
+    "combine",
+    "lerp",
+    "parameter_names",
+    "random_direction",
+    "normalize_direction",
+    "direction_between",
+    "filter_norms",
+    "plane_through",
+    "Plane",
+    "pca_trajectory",
+    "TrajectoryPCA",
+    "BN_POLICIES",
+    "recalibrate",
+    # evaluation engine and stores
+    "evaluate",
+    "Evaluator",
+    "Evaluation",
+    "EngineSettings",
+    "ChunkStore",
+    # runs and the suite
+    "open_run",
+    "Run",
+    "analyze_run",
+    "AnalyzeSettings",
+    # helpers
+    "LandscapeError",
+    "resolve_device",
+    "select_parameters",
+]

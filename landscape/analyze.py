@@ -134,6 +134,14 @@ def select_epochs(run: Run, spec: str) -> list[int]:
     return wanted
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of ranks (``(0, 1)`` without torch.distributed)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _batches(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
     return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
 
@@ -147,8 +155,20 @@ class Context:
         self._data: dict[str, list[tuple[Tensor, Tensor]]] = {}
         self._states: dict[tuple[int, str], dict[str, Tensor]] = {}
 
-    def data(self, split: str) -> list[tuple[Tensor, Tensor]]:
-        """The fixed, seeded subset of ``split`` ("train" or "test") as device batches."""
+    def data(self, split: str, shard: bool = False) -> list[tuple[Tensor, Tensor]]:
+        """The fixed, seeded subset of ``split`` ("train" or "test") as device batches.
+
+        With ``shard`` under ``torch.distributed``, this rank's share (every world-size-th sample):
+        Hessian products sum the shards over ranks, so each rank passes only its own.
+        """
+        rank, world = rank_and_world()
+        if shard and world > 1:
+            key = f"{split}@{rank}/{world}"
+            if key not in self._data:
+                x = torch.cat([xb for xb, _ in self.data(split)])
+                y = torch.cat([yb for _, yb in self.data(split)])
+                self._data[key] = _batches(x[rank::world], y[rank::world], self.s.batch_size)
+            return self._data[key]
         if split not in self._data:
             from okdph.data import DataError, load_dataset
 
@@ -208,7 +228,7 @@ class Context:
 
 # ---- the pieces ---------------------------------------------------------------------------------
 def curvature_record(ctx: Context, epoch: int, member: str, analysis: str) -> dict[str, Any]:
-    s, model, data = ctx.s, ctx.model(epoch, member), ctx.data("train")
+    s, model, data = ctx.s, ctx.model(epoch, member), ctx.data("train", shard=True)
     common = {"seed": s.seed, "device": ctx.device, "show_progress": ctx.show}
     if analysis == "eigen":
         result = top_eigenvalues(
@@ -554,10 +574,20 @@ def plan(ctx: Context, store: ResultsStore) -> list[tuple[Piece, str]]:
 def run_pieces(
     pieces: list[tuple[Piece, str]], store: ResultsStore, show_progress: bool = True
 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """Compute what is missing; returns every piece's record and how many were computed now."""
+    """Compute what is missing; returns every piece's record and how many were computed now.
+
+    Under torch.distributed every rank computes every missing piece (the engines split the work
+    inside it), rank 0 decides what is missing and alone writes to the store.
+    """
     records, computed = {}, 0
-    todo = [(p, fp) for p, fp in pieces if store.get(p.key, fp) is None]
-    done = {p.key for p, _ in pieces} - {p.key for p, _ in todo}
+    rank, world = rank_and_world()
+    missing = [p.key for p, fp in pieces if store.get(p.key, fp) is None] if rank == 0 else None
+    if world > 1:
+        box = [missing]
+        torch.distributed.broadcast_object_list(box, src=0)
+        missing = box[0]
+    todo = [(p, fp) for p, fp in pieces if p.key in set(missing)]
+    done = {p.key for p, _ in pieces} - set(missing)
     for piece, fp in pieces:
         if piece.key in done:
             records[piece.key] = store.get(piece.key, fp)
@@ -566,7 +596,8 @@ def run_pieces(
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(piece.key)
         record = piece.compute()
-        store.put(piece.key, fp, record)
+        if rank == 0:
+            store.put(piece.key, fp, record)
         records[piece.key] = record
         computed += 1
     return records, computed
@@ -642,17 +673,19 @@ def analyze_run(
         {(p.epoch, m) for p, _ in pieces for m in p.members if p.epoch is not None}
     ):
         ctx.state(epoch, member)
-    store.write_settings(
-        {
-            "settings": settings.to_dict(),
-            "formats": list(formats),
-            "run": str(run.path),
-            "arch": arch,
-            "data": data,
-        }
-    )
-    records, computed = run_pieces(pieces, store, show_progress)
+    rank, _ = rank_and_world()
+    if rank == 0:
+        store.write_settings(
+            {
+                "settings": settings.to_dict(),
+                "formats": list(formats),
+                "run": str(run.path),
+                "arch": arch,
+                "data": data,
+            }
+        )
+    records, computed = run_pieces(pieces, store, show_progress and rank == 0)
     files = {p.key: store.data_file(p.key) for p, _ in pieces}
     summary = build_summary(run, settings.to_dict(), records, files, computed)
-    report, message = write_outputs(summary, out, formats)
+    report, message = write_outputs(summary, out, formats) if rank == 0 else (None, None)
     return AnalysisOutcome(summary, out, report, computed, message)

@@ -127,9 +127,32 @@ def _settings(args: argparse.Namespace, **extra):
     )
 
 
+def init_distributed() -> int:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); returns this rank.
+
+    Each rank uses its local GPU when there is one (NCCL), else the CPU (gloo).
+    """
+    import os
+
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dist = torch.distributed
+    if world <= 1 or not dist.is_available():
+        return 0
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank()
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from landscape.analyze import analyze_run
     from landscape.summary import stdout_table
+
+    if init_distributed() != 0:  # other ranks compute their share and stay quiet
+        args.no_progress = True
 
     settings = _settings(
         args,
@@ -149,6 +172,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         resume=args.resume,
         show_progress=not args.no_progress,
     )
+    if outcome.report is None and "html" in formats:
+        return 0  # not rank 0 under torchrun: rank 0 reports
     print(stdout_table(outcome.summary))
     print(f"pieces: {outcome.summary['pieces']} ({outcome.computed} computed now)")
     if outcome.export_message:

@@ -1,0 +1,383 @@
+"""Hessian-vector products of the dataset loss, as a matrix-free operator on flat vectors.
+
+The dataset loss is the sample-weighted mean of the per-batch mean losses,
+``L(theta) = sum_b (n_b / N) * loss_fn(model(x_b; theta), y_b)``, so its Hessian is
+``H = sum_b (n_b / N) * H_b`` and batches of any size (a ragged last one included) give the same
+operator as one batch holding all the data. Vectors are flat: the selected parameters, in
+``named_parameters`` order, each flattened and concatenated.
+
+Two ways to differentiate twice are offered, and ``"reverse"`` is the default because it measured
+fastest on the CPU for both reference networks (``analyses/benchmarks/bench_hessian.py`` prints the
+comparison):
+
+* ``"reverse"`` (reverse-over-reverse): one forward pass and a gradient with ``create_graph=True``
+  per batch, then one double-backward per vector on that graph. When the graph is kept
+  (``reuse_graph``, the default for a single batch) every later product is just the double backward;
+  otherwise each data pass builds the graph once and serves all vectors of a block.
+* ``"forward"`` (forward-over-reverse): ``torch.func.jvp`` of ``torch.func.grad``, ``vmap``-ped over
+  the vectors of a block; models whose operations do not ``vmap`` fall back to one vector at a time.
+
+When ``torch.distributed`` is initialised each rank passes its own shard of the data; sample counts
+and products are summed over ranks, so every rank holds the product of the full-dataset Hessian.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+
+from landscape._common import (
+    Batch,
+    LandscapeError,
+    ResultMixin,
+    materialize,
+    num_samples,
+    resolve_device,
+    select_parameters,
+)
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+METHODS = ("auto", "reverse", "forward")
+
+
+@dataclass(frozen=True)
+class ProblemInfo(ResultMixin):
+    """What Hessian was analysed: recorded in every curvature result.
+
+    Attributes:
+        n_params: dimension of the Hessian (number of selected scalar parameters).
+        n_samples: samples in the dataset loss (summed over ranks when distributed).
+        n_batches: batches on this rank.
+        parameters: names of the selected parameters, in vector order.
+        include: the include filter as given (``None``: every trainable parameter).
+        exclude: the exclude filter as given.
+        dtype: floating-point type of the products.
+        device: device of the products.
+        method: ``"reverse"`` or ``"forward"`` differentiation.
+        reuse_graph: whether one autograd graph served every product.
+        world_size: number of ranks whose data shards make up the dataset.
+    """
+
+    n_params: int
+    n_samples: int
+    n_batches: int
+    parameters: tuple[str, ...]
+    include: str | tuple[str, ...] | None
+    exclude: str | tuple[str, ...] | None
+    dtype: str
+    device: str
+    method: str
+    reuse_graph: bool
+    world_size: int
+
+
+def _frozen_filter(patterns: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
+    return patterns if patterns is None or isinstance(patterns, str) else tuple(patterns)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode for the block and restore every submodule's own mode after."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def check_reproducible(module: nn.Module, inputs: Tensor) -> None:
+    """Refuse models whose eval-mode loss is random or depends on how the data is batched.
+
+    ``module`` must already be in eval mode. Layers are inspected first (BatchNorm that still uses
+    batch statistics, dropout left in training mode); then two forward passes on the same inputs
+    must agree, which catches functional dropout and other random operations.
+
+    Raises:
+        LandscapeError: naming the offending layer or the symptom.
+    """
+    for name, layer in module.named_modules():
+        if isinstance(layer, _BatchNorm) and (layer.training or layer.running_mean is None):
+            raise LandscapeError(
+                f"BatchNorm layer {name!r} normalises with batch statistics even in eval mode, so "
+                "the loss would depend on how the data is batched; give it running statistics"
+            )
+        if isinstance(layer, _DropoutNd) and layer.training and layer.p > 0:
+            raise LandscapeError(
+                f"dropout layer {name!r} stays active in eval mode, so Hessian-vector products "
+                "would be random"
+            )
+    with torch.no_grad():
+        first, second = module(inputs), module(inputs)
+    if not isinstance(first, Tensor):
+        raise LandscapeError("the model must return a tensor of outputs for loss_fn")
+    scale = float(first.detach().abs().max()) if first.numel() else 0.0
+    if not torch.allclose(first, second, rtol=1e-5, atol=1e-6 * scale + 1e-12):
+        raise LandscapeError(
+            "two identical forward passes in eval mode gave different outputs (dropout or another "
+            "random operation is active), so Hessian-vector products would not be reproducible"
+        )
+
+
+def _distributed_world(distributed: bool | None) -> int:
+    available = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed is None:
+        return torch.distributed.get_world_size() if available else 1
+    if distributed and not available:
+        raise LandscapeError("distributed=True but torch.distributed is not initialised")
+    return torch.distributed.get_world_size() if distributed else 1
+
+
+class HessianOperator:
+    """The Hessian of the dataset loss w.r.t. selected parameters, applied to flat vectors.
+
+    Products use the values the selected parameters had when the operator was built (they are
+    copied); other parameters and buffers are read from the model. The model is evaluated in eval
+    mode, and its own modes are restored after every product.
+
+    Args:
+        model: the network; cast and moved as a copy when ``dtype`` or ``device`` differ from it.
+        loss_fn: ``loss_fn(outputs, targets)`` returning the batch-mean loss.
+        data: iterable of ``(inputs, targets)`` batches, read once onto the device.
+        include: glob patterns of parameter names to keep (``None``: all trainable parameters).
+        exclude: glob patterns of parameter names to drop afterwards.
+        device: compute device (default CUDA if available, else CPU).
+        dtype: floating-point type of weights, inputs and products (default: the model's).
+        method: ``"reverse"``, ``"forward"`` or ``"auto"`` (``"reverse"``; see the module notes).
+        reuse_graph: keep every batch's autograd graph so products cost one double backward and no
+            forward pass; default ``True`` for a single batch (memory: one training step's graph per
+            batch), ``False`` otherwise. Only for ``method="reverse"``.
+        vectors_per_pass: cap on vectors pushed through one vmapped pass (``"forward"``), which
+            bounds activation memory; default 8.
+        distributed: sum over ``torch.distributed`` ranks; ``None`` does so when it is initialised.
+        check: run the reproducibility checks (:func:`check_reproducible`).
+
+    Attributes:
+        n_hvp: Hessian-vector products computed so far (one per vector, whatever the batching).
+        n_passes: passes over the data made so far (graph building included).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: Iterable[Batch],
+        *,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        method: str = "auto",
+        reuse_graph: bool | None = None,
+        vectors_per_pass: int = 8,
+        distributed: bool | None = None,
+        check: bool = True,
+    ) -> None:
+        if method not in METHODS:
+            raise LandscapeError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+        self.device = resolve_device(device)
+        first = next(iter(model.parameters()), None)
+        if first is None:
+            raise LandscapeError("the model has no parameter")
+        self.dtype = dtype or first.dtype
+        if not self.dtype.is_floating_point:
+            raise LandscapeError(f"dtype must be a floating-point type, not {self.dtype}")
+        if first.device != self.device or first.dtype != self.dtype:
+            model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype)
+        self.module = model
+        self.loss_fn = loss_fn
+        selected = select_parameters(model, include, exclude)
+        self.names = tuple(selected)
+        self.shapes = tuple(p.shape for p in selected.values())
+        self._numels = [p.numel() for p in selected.values()]
+        self.n = sum(self._numels)
+        # The operator is the Hessian at these values, whatever happens to the model later.
+        self._point = tuple(p.detach().clone() for p in selected.values())
+        self._frozen = {
+            name: p.detach() for name, p in model.named_parameters() if name not in selected
+        }
+        self.batches = [
+            (x, y.to(self.dtype) if y.is_floating_point() else y)
+            for x, y in materialize(data, self.device, self.dtype)
+        ]
+        self.world_size = _distributed_world(distributed)
+        n_local = num_samples(self.batches)
+        self.n_samples = int(
+            self._all_reduce(torch.tensor(float(n_local), dtype=torch.float64, device=self.device))
+        )
+        self._weights = [x.shape[0] / self.n_samples for x, _ in self.batches]
+        self.method = "reverse" if method == "auto" else method
+        if reuse_graph is None:
+            reuse_graph = self.method == "reverse" and len(self.batches) == 1
+        if reuse_graph and self.method != "reverse":
+            raise LandscapeError("reuse_graph needs method='reverse'")
+        self.reuse_graph = bool(reuse_graph)
+        self.vectors_per_pass = max(1, int(vectors_per_pass))
+        self._include, self._exclude = _frozen_filter(include), _frozen_filter(exclude)
+        self._graph: tuple[Tensor, ...] | None = None
+        self._leaves: tuple[Tensor, ...] | None = None
+        self._vmap_ok = True
+        self.n_hvp = 0
+        self.n_passes = 0
+        if check:
+            with eval_mode(self.module):
+                x0 = self.batches[0][0]
+                check_reproducible(self.module, x0[: min(len(x0), 64)])
+
+    # -- vectors -----------------------------------------------------------------------------
+    def split(self, v: Tensor) -> list[Tensor]:
+        """Views of a flat vector ``(n,)`` (or a block ``(k, n)``) shaped like the parameters."""
+        lead = v.shape[:-1]
+        return [
+            chunk.reshape(*lead, *shape)
+            for chunk, shape in zip(v.split(self._numels, dim=-1), self.shapes, strict=True)
+        ]
+
+    def flatten(self, tensors: Sequence[Tensor]) -> Tensor:
+        """The inverse of :meth:`split` for one vector: concatenate parameter-shaped tensors."""
+        return torch.cat([t.flatten() for t in tensors])
+
+    def vector_dict(self, v: Tensor) -> dict[str, Tensor]:
+        """A flat vector as a ``name -> tensor`` dict (e.g. to use an eigenvector as a direction)."""
+        return dict(zip(self.names, self.split(v), strict=True))
+
+    @property
+    def info(self) -> ProblemInfo:
+        """The recorded description of this Hessian."""
+        return ProblemInfo(
+            n_params=self.n,
+            n_samples=self.n_samples,
+            n_batches=len(self.batches),
+            parameters=self.names,
+            include=self._include,
+            exclude=self._exclude,
+            dtype=str(self.dtype).replace("torch.", ""),
+            device=str(self.device),
+            method=self.method,
+            reuse_graph=self.reuse_graph,
+            world_size=self.world_size,
+        )
+
+    # -- products ----------------------------------------------------------------------------
+    def matvec(self, v: Tensor) -> Tensor:
+        """``H @ v`` for a flat vector ``v`` of shape ``(n,)``; the result has ``v``'s shape."""
+        return self.matmat(v.unsqueeze(0)).squeeze(0)
+
+    def matmat(self, vectors: Tensor) -> Tensor:
+        """``H @ v`` for each row ``v`` of ``vectors`` ``(k, n)``, in one pass over the data.
+
+        Returns:
+            A ``(k, n)`` tensor of products in the operator's dtype and device, in units of loss
+            per squared parameter unit.
+        """
+        if vectors.dim() != 2 or vectors.shape[1] != self.n:
+            raise ValueError(f"expected a (k, {self.n}) block, got {tuple(vectors.shape)}")
+        vectors = vectors.to(device=self.device, dtype=self.dtype)
+        with eval_mode(self.module), torch.enable_grad():
+            if self.reuse_graph:
+                out = self._reverse_on_graph(vectors)
+            elif self.method == "reverse":
+                out = self._reverse_pass(vectors)
+            else:
+                out = self._forward_pass(vectors)
+        self.n_hvp += vectors.shape[0]
+        return self._all_reduce(out)
+
+    def _loss(self, params: Sequence[Tensor], x: Tensor, y: Tensor) -> Tensor:
+        state = {**self._frozen, **dict(zip(self.names, params, strict=True))}
+        return self.loss_fn(functional_call(self.module, state, (x,)), y)
+
+    def _new_leaves(self) -> tuple[Tensor, ...]:
+        return tuple(p.detach().requires_grad_(True) for p in self._point)
+
+    def _double_backward(
+        self, grads: Sequence[Tensor], leaves: Sequence[Tensor], vectors: Tensor, keep: bool
+    ) -> Tensor:
+        rows = []
+        for i, v in enumerate(vectors):
+            hv = torch.autograd.grad(
+                grads, leaves, self.split(v), retain_graph=keep or i < len(vectors) - 1
+            )
+            rows.append(self.flatten(hv))
+        return torch.stack(rows)
+
+    def _reverse_on_graph(self, vectors: Tensor) -> Tensor:
+        if self._graph is None:
+            # One weighted gradient over all batches: its graph is the dataset gradient's.
+            self._leaves = self._new_leaves()
+            total = None
+            for w, (x, y) in zip(self._weights, self.batches, strict=True):
+                g = torch.autograd.grad(
+                    self._loss(self._leaves, x, y) * w, self._leaves, create_graph=True
+                )
+                total = g if total is None else tuple(a + b for a, b in zip(total, g, strict=True))
+            self._graph = total
+            self.n_passes += 1
+        return self._double_backward(self._graph, self._leaves, vectors, keep=True)
+
+    def _reverse_pass(self, vectors: Tensor) -> Tensor:
+        out = torch.zeros_like(vectors)
+        for w, (x, y) in zip(self._weights, self.batches, strict=True):
+            leaves = self._new_leaves()
+            g = torch.autograd.grad(self._loss(leaves, x, y), leaves, create_graph=True)
+            out.add_(self._double_backward(g, leaves, vectors, keep=False), alpha=w)
+        self.n_passes += 1
+        return out.detach()
+
+    def _forward_pass(self, vectors: Tensor) -> Tensor:
+        out = torch.zeros_like(vectors)
+        argnums = tuple(range(len(self._point)))
+        for w, (x, y) in zip(self._weights, self.batches, strict=True):
+
+            def loss(*params: Tensor, x: Tensor = x, y: Tensor = y) -> Tensor:
+                return self._loss(params, x, y)
+
+            gradient = grad(loss, argnums=argnums)
+
+            def hvp(v: Tensor, gradient: Callable = gradient) -> Tensor:
+                return self.flatten(jvp(gradient, self._point, tuple(self.split(v)))[1])
+
+            for start in range(0, len(vectors), self.vectors_per_pass):
+                block = vectors[start : start + self.vectors_per_pass]
+                out[start : start + len(block)].add_(self._forward_block(hvp, block), alpha=w)
+        self.n_passes += 1
+        return out
+
+    def _forward_block(self, hvp: Callable[[Tensor], Tensor], block: Tensor) -> Tensor:
+        with torch.no_grad():
+            if self._vmap_ok and len(block) > 1:
+                try:
+                    return vmap(hvp, randomness="same")(block)
+                except (RuntimeError, NotImplementedError):
+                    # Some operations have no batching rule; products stay exact one at a time.
+                    self._vmap_ok = False
+            return torch.stack([hvp(v) for v in block])
+
+    def _all_reduce(self, t: Tensor) -> Tensor:
+        if self.world_size > 1:
+            torch.distributed.all_reduce(t)
+        return t
+
+
+def rademacher(
+    shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """Independent +-1 entries drawn on the CPU from ``generator`` (identical on every device)."""
+    bits = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8)
+    return (bits.to(dtype) * 2 - 1).to(device)
+
+
+def gaussian(
+    shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """Standard normal entries drawn on the CPU from ``generator`` (identical on every device)."""
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype).to(device)

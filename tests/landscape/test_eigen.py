@@ -1,0 +1,220 @@
+"""top_eigenvalues and the thick-restart Lanczos against exact spectra."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from curvature_cases import (
+    DTYPE,
+    decaying_spectrum,
+    dense_hessian,
+    matrix_with_spectrum,
+    quadratic_problem,
+    tiny_problem,
+)
+
+from landscape._common import LandscapeError
+from landscape.hessian import top_eigenvalues
+from landscape.lanczos import error_bounds, extreme_eigenpairs
+
+
+def _exact(h: torch.Tensor, k: int, which: str) -> np.ndarray:
+    ev = torch.linalg.eigvalsh(h).numpy()[::-1]  # decreasing
+    top, bottom = ev[:k], ev[len(ev) - k :]
+    return {"largest": top, "smallest": bottom, "both": np.concatenate([top, bottom])}[which]
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_tiny_network_matches_dense_eigenvalues(which):
+    model, loss_fn, x, y = tiny_problem()
+    h = dense_hessian(model, loss_fn, [(x, y)])
+    spec = top_eigenvalues(
+        model, loss_fn, [(x, y)], k=4, which=which, tol=1e-10, show_progress=False
+    )
+    np.testing.assert_allclose(spec.values, _exact(h, 4, which), rtol=0, atol=1e-8)
+    assert spec.converged.all() and spec.n_hvp <= h.shape[0]
+    assert np.all(np.diff(spec.values) <= 0)
+    assert spec.problem.n_params == 43 and spec.problem.n_samples == 30 and spec.which == which
+
+
+def test_eigenvectors_satisfy_the_eigen_equation():
+    model, loss_fn, x, y = tiny_problem()
+    h = dense_hessian(model, loss_fn, [(x, y)])
+    spec = top_eigenvalues(
+        model,
+        loss_fn,
+        [(x, y)],
+        k=3,
+        which="both",
+        tol=1e-10,
+        return_vectors=True,
+        show_progress=False,
+    )
+    vecs = spec.vectors
+    assert vecs.shape == (6, 43)
+    torch.testing.assert_close(vecs @ vecs.T, torch.eye(6, dtype=DTYPE), atol=1e-10, rtol=0)
+    # The reported residuals are the true ones, ||H y - value * y||.
+    residual = torch.linalg.vector_norm(
+        vecs @ h - torch.from_numpy(spec.values)[:, None] * vecs, dim=1
+    )
+    np.testing.assert_allclose(residual.numpy(), spec.residuals, rtol=1e-3, atol=1e-12)
+    assert np.all(spec.residuals < 1e-4)
+    assert (
+        "vectors" not in spec.to_dict() and len(spec.to_dict(include_vectors=True)["vectors"]) == 6
+    )
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_known_spectrum_is_recovered(which):
+    """A 200-dimensional quadratic with a decaying spectrum of mixed sign."""
+    eigenvalues = decaying_spectrum(200)
+    model, loss_fn, data = quadratic_problem(eigenvalues)
+    spec = top_eigenvalues(model, loss_fn, data, k=5, which=which, tol=1e-10, show_progress=False)
+    exact = np.sort(eigenvalues.numpy())[::-1]
+    expected = {
+        "largest": exact[:5],
+        "smallest": exact[-5:],
+        "both": np.concatenate([exact[:5], exact[-5:]]),
+    }[which]
+    np.testing.assert_allclose(spec.values, expected, rtol=0, atol=1e-8)
+    assert spec.converged.all()
+
+
+def test_largest_means_algebraic_not_magnitude():
+    eigenvalues = torch.cat([torch.tensor([-100.0, 10.0, 9.0]), torch.linspace(-1, 1, 57)])
+    model, loss_fn, data = quadratic_problem(eigenvalues.to(DTYPE))
+    spec = top_eigenvalues(model, loss_fn, data, k=2, tol=1e-10, show_progress=False)
+    np.testing.assert_allclose(spec.values, [10.0, 9.0], atol=1e-8)
+    low = top_eigenvalues(
+        model, loss_fn, data, k=1, which="smallest", tol=1e-10, show_progress=False
+    )
+    np.testing.assert_allclose(low.values, [-100.0], atol=1e-8)
+
+
+def test_thick_restarts_keep_memory_bounded_and_still_converge():
+    gen = torch.Generator().manual_seed(1)
+    eigenvalues = torch.cat([torch.tensor([3.0, 2.9, 2.8]), torch.rand(397, generator=gen) * 2.5])
+    a = matrix_with_spectrum(eigenvalues.to(DTYPE))
+    v0 = torch.randn(400, generator=gen, dtype=DTYPE)
+    pairs = extreme_eigenpairs(lambda v: a @ v, v0, k=3, tol=1e-10, basis_size=12, max_matvec=5000)
+    assert pairs.n_restarts > 0 and pairs.converged.all()
+    np.testing.assert_allclose(pairs.values, [3.0, 2.9, 2.8], atol=1e-8)
+
+
+def test_invariant_subspace_continues_from_a_fresh_direction():
+    """diag(5, 5, 3, 1, ...): a Krylov space holds one copy of 5; the restart finds the second."""
+    eigenvalues = torch.tensor([5.0, 5.0, 3.0, 1.0, 1.0, 0.5], dtype=DTYPE)
+    a = torch.diag(eigenvalues)
+    gen = torch.Generator().manual_seed(0)
+    pairs = extreme_eigenpairs(
+        lambda v: a @ v,
+        torch.randn(6, generator=gen, dtype=DTYPE),
+        k=6,
+        tol=1e-12,
+        new_direction=lambda: torch.randn(6, generator=gen, dtype=DTYPE),
+    )
+    np.testing.assert_allclose(pairs.values, eigenvalues.numpy(), atol=1e-12)
+
+
+def test_budget_exhaustion_is_reported_not_hidden():
+    eigenvalues = decaying_spectrum(200)
+    model, loss_fn, data = quadratic_problem(eigenvalues)
+    spec = top_eigenvalues(
+        model, loss_fn, data, k=5, which="smallest", tol=1e-12, max_iter=8, show_progress=False
+    )
+    assert spec.n_hvp == 8 and not spec.converged.all()
+
+
+def test_error_bounds_bound_the_true_errors():
+    model, loss_fn, x, y = tiny_problem(seed=3)
+    h = dense_hessian(model, loss_fn, [(x, y)])
+    spec = top_eigenvalues(model, loss_fn, [(x, y)], k=3, tol=1e-3, show_progress=False)
+    exact = _exact(h, 3, "largest")
+    assert spec.converged.all()
+    assert np.all(np.abs(spec.values - exact) <= spec.error_bounds + 1e-12)
+    assert np.all(spec.error_bounds <= 1e-3 * np.abs(spec.values) + 1e-12)
+
+
+def test_error_bound_uses_the_gap_only_when_resolved():
+    theta, r = np.array([10.0, 5.0, 4.9]), np.array([0.1, 0.2, 0.2])
+    bounds = error_bounds(theta, r)
+    assert bounds[0] == pytest.approx(0.1**2 / (5.0 - 0.2))
+    assert bounds[1] == pytest.approx(0.2)  # 4.9 is closer than its residual allows
+
+
+def test_ragged_batches_equal_the_concatenated_batch():
+    model, loss_fn, x, y = tiny_problem()
+    batches = [(x[:13], y[:13]), (x[13:26], y[13:26]), (x[26:], y[26:])]
+    one = top_eigenvalues(
+        model, loss_fn, [(x, y)], k=3, which="both", tol=1e-10, show_progress=False
+    )
+    many = top_eigenvalues(
+        model, loss_fn, batches, k=3, which="both", tol=1e-10, show_progress=False
+    )
+    np.testing.assert_allclose(many.values, one.values, rtol=0, atol=1e-10)
+    assert many.problem.n_batches == 3 and not many.problem.reuse_graph
+
+
+def test_float32_path_agrees_with_float64():
+    from okdph.models import create
+
+    torch.manual_seed(0)
+    model = create("cnn_digits", width=4).eval()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(48, 1, 8, 8, generator=gen), torch.randint(0, 10, (48,), generator=gen)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    with torch.no_grad():  # BatchNorm statistics of this data, so eval mode is well scaled
+        model.train()
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+        model(x)
+        model.eval()
+    f32 = top_eigenvalues(model, loss_fn, [(x, y)], k=3, tol=1e-4, show_progress=False)
+    f64 = top_eigenvalues(
+        model, loss_fn, [(x, y)], k=3, tol=1e-10, dtype=torch.float64, show_progress=False
+    )
+    assert f32.problem.dtype == "float32" and f64.problem.dtype == "float64"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert f32.converged.all()
+    np.testing.assert_allclose(f32.values, f64.values, rtol=1e-3)
+
+
+def test_operator_can_be_shared_and_results_serialise():
+    from landscape.hvp import HessianOperator
+
+    model, loss_fn, x, y = tiny_problem()
+    op = HessianOperator(model, loss_fn, [(x, y)])
+    first = top_eigenvalues(op, k=2, tol=1e-8, show_progress=False)
+    second = top_eigenvalues(op, k=2, which="smallest", tol=1e-8, show_progress=False)
+    assert op.n_hvp == first.n_hvp + second.n_hvp and op.n_passes == 1
+    text = json.dumps(first.to_dict())
+    assert '"which": "largest"' in text and '"n_samples": 30' in text
+    with pytest.raises(LandscapeError):
+        top_eigenvalues(op, loss_fn, [(x, y)])
+    with pytest.raises(LandscapeError, match="which"):
+        top_eigenvalues(model, loss_fn, [(x, y)], which="magnitude")
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph")
+def test_pyhessian_agrees_on_the_largest_magnitude_eigenvalue():
+    """PyHessian's power iteration finds the largest |eigenvalue|: ours is one of both ends."""
+    pyhessian = pytest.importorskip("pyhessian")
+    model, loss_fn, x, y = tiny_problem(seed=1)
+    model, x = model.float(), x.float()
+    ev = torch.linalg.eigvalsh(dense_hessian(model.double(), loss_fn, [(x.double(), y)])).numpy()
+    exact = ev[np.argmax(np.abs(ev))]
+    model = model.float()
+    ends = top_eigenvalues(
+        model, loss_fn, [(x, y)], k=1, which="both", tol=1e-6, show_progress=False
+    ).values
+    ours = ends[np.argmax(np.abs(ends))]
+    torch.manual_seed(0)
+    theirs, _ = pyhessian.hessian(model, loss_fn, data=(x, y), cuda=False).eigenvalues(
+        top_n=1, tol=1e-6, maxIter=1000
+    )
+    assert ours == pytest.approx(exact, rel=1e-5)
+    assert theirs[0] == pytest.approx(exact, rel=1e-2)

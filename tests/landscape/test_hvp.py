@@ -1,0 +1,177 @@
+"""HessianOperator against dense float64 Hessians: formulations, batching, filters, refusals."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+from curvature_cases import DTYPE, dense_hessian, tiny_problem
+from torch import nn
+
+import landscape.hvp as hvp_module
+from landscape._common import LandscapeError
+from landscape.hessian import top_eigenvalues
+from landscape.hvp import HessianOperator
+
+SETTINGS = [
+    {"method": "reverse"},  # graph kept: a single batch
+    {"method": "reverse", "reuse_graph": False},
+    {"method": "forward", "vectors_per_pass": 3},
+]
+
+
+def _ragged(x, y, sizes=(13, 13, 4)):
+    out, start = [], 0
+    for size in sizes:
+        out.append((x[start : start + size], y[start : start + size]))
+        start += size
+    return out
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_products_match_dense_hessian(settings):
+    model, loss_fn, x, y = tiny_problem()
+    h = dense_hessian(model, loss_fn, [(x, y)])
+    op = HessianOperator(model, loss_fn, [(x, y)], **settings)
+    vectors = torch.randn(5, op.n, dtype=DTYPE, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(op.matmat(vectors), vectors @ h, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op.matvec(vectors[0]), h @ vectors[0], rtol=1e-10, atol=1e-12)
+    assert op.n_hvp == 6
+
+
+@pytest.mark.parametrize("settings", SETTINGS + [{"method": "reverse", "reuse_graph": True}])
+def test_ragged_batches_weight_samples(settings):
+    """Batches of 13, 13 and 4 samples give the Hessian of the mean over all 30."""
+    model, loss_fn, x, y = tiny_problem()
+    h = dense_hessian(model, loss_fn, [(x, y)])
+    op = HessianOperator(model, loss_fn, _ragged(x, y), **settings)
+    assert op.n_samples == 30 and op.info.n_batches == 3
+    vectors = torch.randn(4, op.n, dtype=DTYPE, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(op.matmat(vectors), vectors @ h, rtol=1e-10, atol=1e-12)
+
+
+def test_parameter_filter_gives_the_sub_block():
+    model, loss_fn, x, y = tiny_problem()
+    op = HessianOperator(model, loss_fn, [(x, y)], include="2.*", exclude="*.bias")
+    assert op.names == ("2.weight",)
+    h = dense_hessian(model, loss_fn, [(x, y)], names=["2.weight"])
+    v = torch.randn(op.n, dtype=DTYPE, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(op.matvec(v), h @ v, rtol=1e-10, atol=1e-12)
+    assert op.info.parameters == ("2.weight",) and op.info.include == "2.*"
+
+
+def test_vector_dict_round_trip():
+    model, loss_fn, x, y = tiny_problem()
+    op = HessianOperator(model, loss_fn, [(x, y)])
+    v = torch.arange(op.n, dtype=DTYPE)
+    parts = op.vector_dict(v)
+    assert [t.shape for t in parts.values()] == [p.shape for p in model.parameters()]
+    torch.testing.assert_close(op.flatten(list(parts.values())), v)
+
+
+def test_forward_falls_back_when_vmap_fails(monkeypatch):
+    def broken_vmap(*args, **kwargs):
+        raise RuntimeError("no batching rule")
+
+    monkeypatch.setattr(hvp_module, "vmap", broken_vmap)
+    model, loss_fn, x, y = tiny_problem()
+    h = dense_hessian(model, loss_fn, [(x, y)])
+    op = HessianOperator(model, loss_fn, [(x, y)], method="forward")
+    vectors = torch.randn(3, op.n, dtype=DTYPE, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(op.matmat(vectors), vectors @ h, rtol=1e-10, atol=1e-12)
+    assert not op._vmap_ok
+
+
+def test_dtype_casts_a_copy_and_leaves_the_model_alone():
+    model, loss_fn, x, y = tiny_problem()
+    model32 = model.float()
+    before = [p.detach().clone() for p in model32.parameters()]
+    op = HessianOperator(model32, loss_fn, [(x.float(), y)], dtype=torch.float64)
+    assert op.dtype == torch.float64
+    assert all(p.dtype == torch.float32 for p in model32.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model32.parameters(), strict=True))
+    h = dense_hessian(model32.double(), loss_fn, [(x.float().double(), y)])
+    v = torch.randn(op.n, dtype=DTYPE, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(op.matvec(v), h @ v, rtol=1e-10, atol=1e-12)
+
+
+class _AlwaysDropout(nn.Module):
+    def forward(self, x):
+        return nn.functional.dropout(x, 0.5, training=True)
+
+
+class _StubbornDropout(nn.Dropout):
+    def train(self, mode: bool = True):
+        return super().train(True)
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        (_AlwaysDropout(), "different outputs"),
+        (_StubbornDropout(0.3), "dropout layer"),
+        (nn.BatchNorm1d(5, track_running_stats=False), "batch statistics"),
+    ],
+)
+def test_random_or_batch_dependent_models_are_refused(layer, message):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), layer, nn.Tanh(), nn.Linear(5, 3)).to(DTYPE)
+    _, loss_fn, x, y = tiny_problem()
+    with pytest.raises(LandscapeError, match=message):
+        HessianOperator(model, loss_fn, [(x, y)])
+
+
+def test_train_mode_model_is_analysed_in_eval_mode_and_restored():
+    """Dropout and BatchNorm in a training-mode model: products use eval mode; modes come back."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Dropout(0.5), nn.Tanh(), nn.Linear(5, 3)
+    ).to(DTYPE)
+    _, loss_fn, x, y = tiny_problem()
+    with torch.no_grad():  # give BatchNorm non-trivial running statistics
+        model(x)
+    model.train()
+    stats = [b.clone() for b in model[1].buffers()]
+    eig = top_eigenvalues(model, loss_fn, [(x, y)], k=2, tol=1e-10, show_progress=False)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(a, b) for a, b in zip(stats, model[1].buffers(), strict=True))
+    model.eval()
+    h = dense_hessian(model, loss_fn, [(x, y)])
+    exact = torch.linalg.eigvalsh(h).flip(0)[:2].numpy()
+    assert abs(eig.values - exact).max() < 1e-8
+
+
+def test_bad_arguments_are_user_errors():
+    model, loss_fn, x, y = tiny_problem()
+    with pytest.raises(LandscapeError, match="method"):
+        HessianOperator(model, loss_fn, [(x, y)], method="sideways")
+    with pytest.raises(LandscapeError, match="no trainable parameter"):
+        HessianOperator(model, loss_fn, [(x, y)], include="nothing*")
+    with pytest.raises(LandscapeError, match="reuse_graph"):
+        HessianOperator(model, loss_fn, [(x, y)], method="forward", reuse_graph=True)
+    with pytest.raises(LandscapeError, match="not initialised"):
+        HessianOperator(model, loss_fn, [(x, y)], distributed=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_give_the_full_dataset_product(tmp_path):
+    """Each of 2 ranks holds a shard (17 and 13 samples): every rank gets the whole-data product."""
+    from curvature_cases import distributed_worker
+
+    port = _free_port()
+    torch.multiprocessing.spawn(distributed_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    model, loss_fn, x, y = tiny_problem()
+    h = dense_hessian(model, loss_fn, [(x, y)])
+    vectors = torch.randn(3, h.shape[0], dtype=DTYPE, generator=torch.Generator().manual_seed(6))
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["n_samples"] == 30
+        torch.testing.assert_close(got["products"], vectors @ h, rtol=1e-10, atol=1e-12)
+        exact = torch.linalg.eigvalsh(h).flip(0)[:2].numpy()
+        assert abs(got["top"].numpy() - exact).max() < 1e-8
