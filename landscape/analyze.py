@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landscape._common import LandscapeError, progress, resolve_device
-from landscape.batchnorm import batchnorm_layers, recalibrate
+from landscape.batchnorm import batchnorm_layers, recalibrate, running_stat_names
 from landscape.hessian import hessian_trace, spectral_density, top_eigenvalues
 from landscape.interpolate import interpolate
 from landscape.params import parameter_names, random_direction
@@ -288,20 +288,41 @@ def _surface_record(
     }
 
 
-def random_surface_record(ctx: Context, epoch: int, member: str, store: Path) -> dict[str, Any]:
+def _surface(
+    ctx: Context,
+    template: nn.Module,
+    center: Any,
+    directions: Any,
+    grid: Any,
+    store: Path | None,
+    carries_buffers: bool = False,
+) -> Any:
+    """A training-loss surface under the analysis' BatchNorm policy, centre included.
+
+    ``interpolate`` needs directions that move the running statistics too (between models); for
+    other directions the policy falls back to ``recalibrate`` (the result records which ran).
+    """
     s = ctx.s
-    result = surface(
-        ctx.template(member),
-        ctx.state(epoch, member),
+    bn = s.bn if s.bn != "interpolate" or carries_buffers else "recalibrate"
+    return surface(
+        template,
+        center,
         ctx.data("train"),
-        directions="random",
-        grid=(s.radius, s.grid),
-        bn=s.bn if s.bn != "interpolate" else "recalibrate",
+        directions=directions,
+        grid=grid,
+        bn=bn,
         bn_center="policy",
         seed=s.seed,
         store=store,
         device=ctx.device,
         show_progress=ctx.show,
+    )
+
+
+def random_surface_record(ctx: Context, epoch: int, member: str, store: Path) -> dict[str, Any]:
+    s = ctx.s
+    result = _surface(
+        ctx, ctx.template(member), ctx.state(epoch, member), "random", (s.radius, s.grid), store
     )
     unit = result.units
     return _surface_record(
@@ -356,13 +377,14 @@ def plane_record(
     a, b, c = members
     template = ctx.template(a)
     names = parameter_names(template)
+    stats = [n for n in running_stat_names(template) if ctx.state(epoch, a)[n].is_floating_point()]
     sa, sb, sc = (ctx.state(epoch, m) for m in members)
     gap = max(
         float((sc[n].double() - (sa[n].double() + sb[n].double()) / 2).abs().max()) for n in names
     )
     scale = max(float(sa[n].abs().max()) for n in names)
     if gap > 1e-6 * scale:
-        plane = plane_through(sa, sb, sc, names, labels=members)
+        plane = plane_through(sa, sb, sc, names, buffers=stats, labels=members)
         kind = "through the three members"
     else:
         # c is the midpoint of a and b: pick a random direction, orthogonalise it against b - a,
@@ -377,7 +399,7 @@ def plane_record(
             n: (sc[n].double() + perp[n] * math.sqrt(ab2) / length).to(sc[n].dtype) for n in names
         }
         pseudo = {**sc, **side}
-        plane = plane_through(sc, sb, pseudo, names, labels=(c, b, "random"))
+        plane = plane_through(sc, sb, pseudo, names, buffers=stats, labels=(c, b, "random"))
         half = math.sqrt(ab2) / 2
         plane = dataclasses.replace(
             plane, coordinates={c: (0.0, 0.0), b: (half, 0.0), a: (-half, 0.0)}
@@ -387,19 +409,7 @@ def plane_record(
         xs, ys = plane_grid(plane, s.grid, margin=0.3)
     else:
         xs = ys = grid_coordinates(1.6 * half, s.grid)
-    result = surface(
-        template,
-        None,
-        ctx.data("train"),
-        directions=plane,
-        grid=[xs, ys],
-        bn=s.bn,
-        bn_center="policy",
-        seed=s.seed,
-        store=store,
-        device=ctx.device,
-        show_progress=ctx.show,
-    )
+    result = _surface(ctx, template, None, plane, [xs, ys], store, carries_buffers=True)
     points = {m: list(plane.coordinates[m]) for m in members}
     return _surface_record(
         result,
@@ -436,19 +446,7 @@ def trajectory_record(
     pad = 0.15 * (np.ptp(coords, axis=0) + 1e-12)
     xs = span_coordinates(coords[:, 0].min() - pad[0], coords[:, 0].max() + pad[0], s.grid)
     ys = span_coordinates(coords[:, 1].min() - pad[1], coords[:, 1].max() + pad[1], s.grid)
-    result = surface(
-        template,
-        origin,
-        ctx.data("train"),
-        directions=pca,
-        grid=[xs, ys],
-        bn=s.bn,
-        bn_center="policy",
-        seed=s.seed,
-        store=store,
-        device=ctx.device,
-        show_progress=ctx.show,
-    )
+    result = _surface(ctx, template, origin, pca, [xs, ys], store)
     ratio = [float(v) for v in pca.explained_variance_ratio]
     points = {centre: [0.0, 0.0]}
     for m in networks:
