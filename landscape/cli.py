@@ -185,7 +185,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _single(args: argparse.Namespace, **extra):
-    from landscape.analyze import Context, select_epochs
+    from landscape.analyze import select_epochs
+    from landscape.pieces import Context
     from landscape.runs import open_run
 
     run = open_run(args.run_dir, args.arch, args.data)
@@ -217,7 +218,7 @@ def _emit(record: dict, args: argparse.Namespace, lines: list[str]) -> None:
 
 
 def cmd_hessian(args: argparse.Namespace) -> int:
-    from landscape.analyze import curvature_record
+    from landscape.pieces import curvature_record
 
     run, ctx, epoch = _single(args, k=args.k, tol=args.tol)
     member = _member(run, args.member)
@@ -240,7 +241,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
 
 def cmd_interp(args: argparse.Namespace) -> int:
-    from landscape.analyze import interpolation_record
+    from landscape.pieces import interpolation_record
 
     run, ctx, epoch = _single(args, alphas=args.points)
     start, end = _member(run, args.start), _member(run, args.end)
@@ -254,7 +255,7 @@ def cmd_interp(args: argparse.Namespace) -> int:
 
 
 def cmd_surface(args: argparse.Namespace) -> int:
-    from landscape.analyze import random_surface_record
+    from landscape.pieces import random_surface_record
 
     run, ctx, epoch = _single(args, grid=args.grid, radius=args.radius)
     member = _member(run, args.member)

@@ -69,7 +69,7 @@ def test_full_suite_on_our_layout(tiny_run):
 
 
 def _own_loss(run_dir, member):
-    from landscape.analyze import Context
+    from landscape.pieces import Context
     from landscape.runs import open_run
 
     ctx = Context(open_run(run_dir), _settings(), show_progress=False)
