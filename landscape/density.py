@@ -28,11 +28,11 @@ POINTS_PER_SIGMA = 5
 def default_sigma(nodes: Sequence[np.ndarray], n_steps: int) -> float:
     """The broadening width used unless one is given: ``(max node - min node) / n_steps``.
 
-    An ``m``-step Lanczos run resolves the spectrum to about its range over ``m``: Gaussians of
-    that width are what its quadrature integrates accurately (the error of Gauss quadrature for a
-    Gaussian of width ``sigma`` is small once ``m`` exceeds a few times ``range / sigma``; Lin,
-    Saad and Yang 2016, section 3.2), and narrower ones turn quadrature nodes into spikes. When all
-    nodes coincide, 1e-3 of their magnitude (or 1e-3) is used.
+    An ``m``-step run has ``m`` nodes spread over the spectrum's range, so it cannot resolve
+    features much narrower than ``range / m``: narrower Gaussians turn single quadrature nodes into
+    spikes, wider ones blur real structure (the trade-off discussed by Lin, Saad and Yang 2016).
+    The width is therefore the mean node spacing of one run. When all nodes coincide, 1e-3 of
+    their magnitude (or 1e-3) is used.
     """
     allnodes = np.concatenate([np.asarray(x, dtype=np.float64) for x in nodes])
     span = float(allnodes.max() - allnodes.min())

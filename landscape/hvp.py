@@ -24,6 +24,7 @@ and products are summed over ranks, so every rank holds the product of the full-
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -353,7 +354,9 @@ class HessianOperator:
         return out
 
     def _forward_block(self, hvp: Callable[[Tensor], Tensor], block: Tensor) -> Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's first jvp registers decompositions with torch.jit.script, which warns.
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
             if self._vmap_ok and len(block) > 1:
                 try:
                     return vmap(hvp, randomness="same")(block)

@@ -86,7 +86,7 @@ def error_bounds(theta: np.ndarray, residuals: np.ndarray) -> np.ndarray:
 
     Each interval ``theta_i +- r_i`` holds an eigenvalue (Krylov-Weinstein); where the gap from
     ``theta_i`` to every other Ritz interval is larger than ``r_i``, the sharper ``r_i**2 / gap``
-    applies (Kato-Temple; Parlett, The Symmetric Eigenvalue Problem, section 11.7). The gap is
+    applies (Kato-Temple; see Parlett, The Symmetric Eigenvalue Problem). The gap is
     estimated from the Ritz values, so the sharper bound assumes no eigenvalue closer to
     ``theta_i`` has gone unseen by the Krylov space, the usual assumption of Lanczos codes.
     """

@@ -66,9 +66,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def model_arguments(cfg: TrainConfig, data: TensorDataset) -> dict[str, Any]:
     """The model's keyword arguments: the config's, plus what the data implies (classes, shape)."""
-    if cfg.model not in models.list_models():
-        models.create(cfg.model)  # raises the registry's clear error
-    factory_params = inspect.signature(models.registry._MODELS[cfg.model]).parameters
+    factory_params = inspect.signature(models.registry.factory(cfg.model)).parameters
     implied = {"num_classes": data.num_classes}
     shape = data.input_shape
     if "input_dim" in factory_params:

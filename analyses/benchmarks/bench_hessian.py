@@ -392,8 +392,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"CPU ({meta['machine']}, {meta['cpus']} cores, {meta['threads']} torch threads), torch "
         f"{meta['torch']}, float32, top-{meta['k']} at tol {meta['tol']}; best wall time and best "
         "CPU time (this process, all threads) of the interleaved repeats, each end to end "
-        "(operator set-up included). The machine is shared with other jobs (load averages per "
-        "problem), so wall times carry their noise; CPU time is far less sensitive to it.",
+        "(operator set-up included). The machine is shared with other jobs, hence best-of and "
+        "interleaving; load averages (which include this benchmark's own 2 threads) are given "
+        "per problem. CPU time is summed over threads: about twice the wall time when the two "
+        "threads ran undisturbed, close to it when other jobs took a core.",
     ]
     for p in report["problems"]:
         ref = p["reference"]

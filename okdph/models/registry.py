@@ -36,13 +36,19 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
-def create(name: str, **kwargs) -> nn.Module:
-    """Build the registered model ``name`` with keyword arguments (e.g. ``num_classes=100``)."""
+def factory(name: str) -> ModelFactory:
+    """The constructor registered under ``name`` (to inspect its keyword arguments)."""
     if name not in _MODELS:
         raise UnknownModelError(
             f"unknown model {name!r}; available models: {', '.join(list_models())}"
         )
+    return _MODELS[name]
+
+
+def create(name: str, **kwargs) -> nn.Module:
+    """Build the registered model ``name`` with keyword arguments (e.g. ``num_classes=100``)."""
+    build = factory(name)
     try:
-        return _MODELS[name](**kwargs)
+        return build(**kwargs)
     except TypeError as err:
         raise ValueError(f"model {name!r} does not accept these arguments {kwargs}: {err}") from err
