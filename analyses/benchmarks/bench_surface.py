@@ -5,8 +5,9 @@ One run, one model, one dataset, one grid:
 * model: CIFAR ResNet-32 (``okdph.models.create("resnet32")``, 0.47M parameters), random
   initialisation with BatchNorm running statistics calibrated on the benchmark data (so eval-mode
   activations are well scaled), float32, eval mode;
-* data: ``--n`` (default 512) CIFAR-shaped 3x32x32 standard-normal images with uniform random
-  labels from 10 classes (seed 0);
+* data: ``--n`` (default 512) random uint8 32x32x3 images as CIFAR stores them, with uniform
+  random labels from 10 classes (seed 0); our engine and the other tools get them as tensors after
+  ``ToTensor`` and the CIFAR ``Normalize`` of the reference code;
 * grid: 21 x 21 (``--quick``: 7 x 7) points ``i * 0.1`` in [-1, 1] along two seeded,
   filter-normalised Gaussian directions (1-D tensors zeroed), BatchNorm ``keep`` for all tools.
 
@@ -16,10 +17,14 @@ Tools:
   points (best of several rounds);
 * ``loss-landscapes``: ``planar_interpolation`` with its ``Loss`` metric on one batch holding
   all the data, on corner/end models chosen so that its visited points are points of our grid;
-* ``LL loop``: a re-creation of the evaluation loop of tomgoldstein/loss-landscape: weights
-  copied in place with ``p.data.copy_(w + x * d1 + y * d2)``, eval mode, no_grad, a DataLoader
-  (batch 128, no worker processes, the most favourable setting on two cores; the original
-  defaults to two worker processes) over the data at every point, cross-entropy summed per batch.
+* ``LL loop``: a re-creation of the evaluation loop of tomgoldstein/loss-landscape
+  (``plot_surface.py``, ``evaluation.eval_loss``): weights copied in place with
+  ``p.data.copy_(w + x * d1 + y * d2)``, eval mode, no_grad, a DataLoader (batch 128) over the
+  data at every point, cross-entropy times batch size summed. Two variants: *as shipped* (its
+  defaults: ``--threads 2`` loader worker processes, started again at every point, and a CIFAR
+  dataset that converts each uint8 image with PIL, ``ToTensor`` and ``Normalize`` when it is
+  read) and *favourable* (the normalised tensors held in memory, no worker processes), which
+  isolates the network evaluation itself.
 
 The two other tools are timed on a subset of the grid (their full grid would take tens of
 minutes) and their rate is extrapolated; every tool's values at shared points are compared.
@@ -47,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from landscape.batchnorm import recalibrate
@@ -84,13 +89,42 @@ def forward_flops(model: nn.Module, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
+#: The CIFAR-10 normalisation of tomgoldstein/loss-landscape's ``dataloader.py``.
+CIFAR_MEAN = [v / 255.0 for v in (125.3, 123.0, 113.9)]
+CIFAR_STD = [v / 255.0 for v in (63.0, 62.1, 66.7)]
+
+
+def cifar_transform():
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+
+
+class CifarLike(Dataset):
+    """What ``torchvision.datasets.CIFAR10`` does per item: PIL image from uint8 HWC, transform."""
+
+    def __init__(self, images: np.ndarray, labels: list[int]):
+        self.images, self.labels, self.transform = images, labels, cifar_transform()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
 def setup(n: int):
-    """ResNet-32 with calibrated BatchNorm statistics, the data and two filter-normalised directions."""
+    """ResNet-32 with calibrated BatchNorm statistics, the data (uint8 images and their normalised
+    tensors) and two filter-normalised directions."""
     torch.manual_seed(0)
     model = create("resnet32").eval()
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 3, 32, 32, generator=g)
+    raw = torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8).numpy()
     y = torch.randint(0, 10, (n,), generator=g)
+    transform = cifar_transform()
+    x = torch.stack([transform(img) for img in raw])
     state = recalibrate(
         model, as_state(model), [(x[i : i + 128], y[i : i + 128]) for i in range(0, n, 128)]
     )
@@ -99,16 +133,15 @@ def setup(n: int):
     gen = torch.Generator().manual_seed(0)
     d1 = random_direction(state, names, seed=gen)
     d2 = random_direction(state, names, seed=gen)
-    return model, state, x, y, d1, d2
+    return model, state, raw, x, y, d1, d2
 
 
 # -- the tomgoldstein/loss-landscape loop -------------------------------------------------------
-def ll_loop(model, state, d1, d2, x, y, points):
+def ll_loop(model, state, d1, d2, loader, points):
     """Loss at each ``(a, b)`` as the reference ``plot_surface.py``/``evaluation.py`` computes it."""
     net = copy.deepcopy(model)
     params = list(net.named_parameters())
     weights = [state[n].clone() for n, _ in params]
-    loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=False)
     criterion = nn.CrossEntropyLoss()
     out = []
     for a, b in points:
@@ -123,6 +156,15 @@ def ll_loop(model, state, d1, d2, x, y, points):
                 total += inputs.size(0)
         out.append(total_loss / total)
     return np.array(out)
+
+
+def ll_loaders(raw: np.ndarray, x, y) -> dict[str, DataLoader]:
+    """The reference loop's DataLoader as shipped, and a favourable one over in-memory tensors."""
+    shipped = CifarLike(raw, y.tolist())
+    return {
+        "LL loop (as shipped)": DataLoader(shipped, batch_size=128, shuffle=False, num_workers=2),
+        "LL loop": DataLoader(TensorDataset(x, y), batch_size=128, shuffle=False),
+    }
 
 
 # -- loss-landscapes ----------------------------------------------------------------------------
@@ -221,7 +263,7 @@ def small_model_sweep(rounds: int):
     return rows
 
 
-def head_to_head(model, state, d1, d2, x, y, coords, steps, stride, rounds):
+def head_to_head(model, state, d1, d2, raw, x, y, coords, steps, stride, rounds):
     """Interleaved rounds of: matmul rate, our engine, loss-landscapes, the LL loop.
 
     Each round times every tool once on the same block of grid points, so a change of machine
@@ -241,8 +283,10 @@ def head_to_head(model, state, d1, d2, x, y, coords, steps, stride, rounds):
     ]
     ev.evaluate(block_states[:2])
     lls_plane(model, state, d1, d2, x[:2], y[:2], step, half, 1, 1)  # import and warm-up
-    ll_loop(model, state, d1, d2, x[:2], y[:2], block[:1])
-    times = {"matmul": [], "ours": [], "loss-landscapes": [], "LL loop": []}
+    loaders = ll_loaders(raw, x, y)
+    for loader in loaders.values():
+        ll_loop(model, state, d1, d2, loader, block[:1])
+    times = {"matmul": [], "ours": [], "loss-landscapes": [], **{k: [] for k in loaders}}
     loads = []
     values = {}
     for _ in range(rounds):
@@ -252,9 +296,10 @@ def head_to_head(model, state, d1, d2, x, y, coords, steps, stride, rounds):
         t = time.perf_counter()
         values["loss-landscapes"] = lls_plane(model, state, d1, d2, x, y, step, half, steps, stride)
         times["loss-landscapes"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        values["LL loop"] = ll_loop(model, state, d1, d2, x, y, block)
-        times["LL loop"].append(time.perf_counter() - t)
+        for key, loader in loaders.items():
+            t = time.perf_counter()
+            values[key] = ll_loop(model, state, d1, d2, loader, block)
+            times[key].append(time.perf_counter() - t)
     return times, loads, values, visited, len(block)
 
 
@@ -272,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     threads = torch.get_num_threads()
 
-    model, state, x, y, d1, d2 = setup(n)
+    model, state, raw, x, y, d1, d2 = setup(n)
     coords = grid_coordinates(1.0, points)
     flops = forward_flops(model, x)
 
@@ -292,15 +337,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ours: {points}x{points} surface in {ours_full_s:.1f} s, {ours.engine}", flush=True)
 
     times, loads, values, visited, n_block = head_to_head(
-        model, state, d1, d2, x, y, coords, steps, stride, rounds
+        model, state, d1, d2, raw, x, y, coords, steps, stride, rounds
     )
     rate = 2 * 2048**3 / min(times["matmul"])
     rates = {k: n_block / min(v) for k, v in times.items() if k != "matmul"}
     rates["ours (full grid, end to end)"] = points * points / ours_full_s
     # Per round: the faster other tool's time over ours (a paired comparison under equal load).
     paired = [
-        min(l1 / steps**2, l2 / n_block) / (o / n_block)
-        for o, l1, l2 in zip(times["ours"], times["loss-landscapes"], times["LL loop"], strict=True)
+        min(l1 / steps**2, l2 / n_block, l3 / n_block) / (o / n_block)
+        for o, l1, l2, l3 in zip(
+            times["ours"],
+            times["loss-landscapes"],
+            times["LL loop"],
+            times["LL loop (as shipped)"],
+            strict=True,
+        )
+    ]
+    paired_shipped = [
+        (s / n_block) / (o / n_block)
+        for o, s in zip(times["ours"], times["LL loop (as shipped)"], strict=True)
     ]
 
     # Equal values at shared points. float32 cannot hold a loss of 1e5 to 1e-5 absolute (its
@@ -313,9 +368,12 @@ def main(argv: list[str] | None = None) -> int:
         "loss-landscapes": float(
             np.max(np.abs(lls_flat - lls_at) / np.maximum(1.0, np.abs(lls_at)))
         ),
-        "LL loop": float(
-            np.max(np.abs(values["LL loop"] - ours_block) / np.maximum(1.0, np.abs(ours_block)))
-        ),
+        **{
+            key: float(
+                np.max(np.abs(values[key] - ours_block) / np.maximum(1.0, np.abs(ours_block)))
+            )
+            for key in ("LL loop", "LL loop (as shipped)")
+        },
     }
 
     sweep = engine_sweep(
@@ -324,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     small = small_model_sweep(max(2, rounds // 2))
     load_after = os.getloadavg()
 
-    faster_other = max(rates["loss-landscapes"], rates["LL loop"])
+    faster_other = max(rates["loss-landscapes"], rates["LL loop"], rates["LL loop (as shipped)"])
     result = {
         "machine": {
             "platform": platform.platform(),
@@ -349,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ours": n_block,
                 "loss-landscapes": steps * steps,
                 "LL loop": n_block,
+                "LL loop (as shipped)": n_block,
                 "ours (full grid, end to end)": points * points,
             },
         },
@@ -363,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
             "engine, paired per round": paired,
             "full surface (one run) vs best of others": rates["ours (full grid, end to end)"]
             / faster_other,
+            "engine vs reference loop as shipped, best of rounds": rates["ours"]
+            / rates["LL loop (as shipped)"],
+            "engine vs reference loop as shipped, median of paired rounds": float(
+                np.median(paired_shipped)
+            ),
         },
         "fraction_of_matmul_rate": {k: v * n * flops / rate for k, v in rates.items()},
         "max_loss_difference_vs_ours": diff,
@@ -389,7 +453,7 @@ def markdown(r: dict) -> str:
     lines = [
         "# Surface throughput (bench_surface.py)",
         "",
-        f"{s['model']}, {s['n_images']} CIFAR-shaped random images, {s['grid']} grid, "
+        f"{s['model']}, {s['n_images']} random uint8 CIFAR-format images, {s['grid']} grid, "
         f"BN `{s['bn']}`, float32 CPU, torch {m['torch']}, {m['cpu_count']} cores, "
         f"{m['threads']} threads. Shared machine: 1-min load average "
         f"{m['loadavg_before'][0]:.2f} at the start, {min(loads):.2f}-{max(loads):.2f} during the "
@@ -399,13 +463,14 @@ def markdown(r: dict) -> str:
         " forward FLOP rate / matmul rate | max loss diff vs ours |",
         "|---|---|---|---|---|---|",
     ]
-    faster = max(r["points_per_s"]["loss-landscapes"], r["points_per_s"]["LL loop"])
+    faster = max(v for k, v in r["points_per_s"].items() if not k.startswith("ours"))
     timed = s["timed_points"]
     rows = (
         ("ours: engine on the shared block of points", "ours"),
         ("ours: `surface()` full grid, end to end, one run", "ours (full grid, end to end)"),
         ("loss-landscapes `planar_interpolation`", "loss-landscapes"),
-        ("tomgoldstein/loss-landscape loop (re-created)", "LL loop"),
+        ("tomgoldstein/loss-landscape loop (re-created), as shipped", "LL loop (as shipped)"),
+        ("tomgoldstein/loss-landscape loop (re-created), favourable", "LL loop"),
     )
     for tool, key in rows:
         diff = r["max_loss_difference_vs_ours"].get(key)
@@ -419,7 +484,13 @@ def markdown(r: dict) -> str:
         "",
         f"Speed-up of the engine over the faster other tool: {sp['engine, best of rounds']:.2f}x "
         f"(best of rounds), {sp['engine, median of paired rounds']:.2f}x (median of per-round "
-        f"ratios: {', '.join(f'{v:.2f}' for v in sp['engine, paired per round'])}).",
+        f"ratios: {', '.join(f'{v:.2f}' for v in sp['engine, paired per round'])}). Over the "
+        f"reference loop as shipped: "
+        f"{sp['engine vs reference loop as shipped, best of rounds']:.2f}x (best of rounds), "
+        f"{sp['engine vs reference loop as shipped, median of paired rounds']:.2f}x (median).",
+        "As shipped: two DataLoader worker processes (its `--threads` default), started at "
+        "every point, and per-image PIL + `ToTensor` + `Normalize` (torchvision's CIFAR10). "
+        "Favourable: the same loop over normalised tensors in memory, no worker processes.",
         f"Matmul rate (2048x2048 float32 `torch.mm`, best over all rounds): "
         f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; ResNet-32 forward: "
         f"{r['forward_flops_per_image'] / 1e6:.1f} MFLOP per image.",
