@@ -392,6 +392,23 @@ class Evaluator:
         return total, {n: p.grad.detach() for n, p in params.items()}
 
 
+def evaluator_for_policy(
+    model: nn.Module,
+    data: Iterable[Batch],
+    bn: str,
+    bn_data: Iterable[Batch] | None = None,
+    loss_fn: LossFn | None = None,
+    **engine: Any,
+) -> Evaluator:
+    """An :class:`Evaluator` for the BatchNorm policy ``bn``: only ``"recalibrate"`` needs
+    recalibration batches, ``bn_data`` or else ``data`` itself."""
+    if bn != "recalibrate":
+        bn_data = None
+    elif bn_data is None:
+        bn_data = data
+    return Evaluator(model, data, loss_fn=loss_fn, bn_data=bn_data, **engine)
+
+
 @dataclasses.dataclass(frozen=True)
 class Evaluation(ResultMixin):
     """Loss and accuracy of one model on one dataset.

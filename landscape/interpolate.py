@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from landscape._common import Batch, LandscapeError, ResultMixin, progress
 from landscape.batchnorm import check_policy, running_stat_names
-from landscape.evaluate import EngineSettings, Evaluator, LossFn
+from landscape.evaluate import EngineSettings, LossFn, evaluator_for_policy
 from landscape.params import State, lerp, movable, parameter_names
 
 # Steps of 1/20 from -0.25 to 1.25, as exact fractions i / 20 (0 and 1 are hit exactly).
@@ -122,13 +122,7 @@ def interpolate(
     if bn_endpoints not in ("own", "policy"):
         raise LandscapeError(f"bn_endpoints must be 'own' or 'policy', not {bn_endpoints!r}")
     alphas = _alphas(alphas)
-    ev = Evaluator(
-        model,
-        data,
-        loss_fn=loss_fn,
-        bn_data=(data if bn_data is None else bn_data) if bn == "recalibrate" else None,
-        **engine,
-    )
+    ev = evaluator_for_policy(model, data, bn, bn_data, loss_fn, **engine)
     s0, s1 = ev.state(start), ev.state(end)
     names = parameter_names(ev.module, include, exclude)
     stats = [n for n in running_stat_names(ev.module) if s0[n].is_floating_point()]

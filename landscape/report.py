@@ -22,17 +22,13 @@ import plotly
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from okdph.run import atomic_write_bytes
+
 STATIC_FORMATS = ("png", "svg", "pdf")
 
 
 class ExportUnavailable(RuntimeError):
     """Static export cannot run here (no kaleido or no Chromium); the message says how to fix it."""
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _settings_table(settings: Mapping[str, Any]) -> str:
@@ -70,7 +66,7 @@ def write_report(
     else:
         js = path.parent / "plotly.min.js"
         if not js.exists():
-            _atomic_write_text(js, plotly.offline.get_plotlyjs())
+            atomic_write_bytes(js, plotly.offline.get_plotlyjs().encode())
         script = "<script src='plotly.min.js'></script>"
     body = []
     for i, (heading, text, figures) in enumerate(sections):
@@ -106,7 +102,7 @@ table.settings td {{ font-family: monospace; word-break: break-all; }}
 <section id='settings'><h2>Settings</h2>{_settings_table(settings)}</section>
 </body></html>
 """
-    _atomic_write_text(path, page)
+    atomic_write_bytes(path, page.encode("utf-8"))
     return path
 
 

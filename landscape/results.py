@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from landscape._common import json_safe
+from okdph.run import atomic_write_bytes
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as strict JSON (non-finite floats become null) via a temp file + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(json_safe(obj), indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(json_safe(obj), indent=1, allow_nan=False) + "\n"
+    atomic_write_bytes(path, text.encode())
 
 
 def fingerprint(*parts: Any) -> str:

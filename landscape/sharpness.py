@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from landscape._common import Batch, LandscapeError, ResultMixin, progress
 from landscape.batchnorm import check_policy
-from landscape.evaluate import EngineSettings, Evaluator, LossFn
+from landscape.evaluate import EngineSettings, Evaluator, LossFn, evaluator_for_policy
 from landscape.params import State, combine, norm, parameter_names
 
 KINDS = ("average", "worst")
@@ -135,13 +135,7 @@ def sharpness(
         raise LandscapeError(f"distribution must be one of {DISTRIBUTIONS}, not {distribution!r}")
     if rho <= 0 or n_perturbations < 1 or steps < 1:
         raise LandscapeError("rho must be positive and n_perturbations and steps at least 1")
-    ev = Evaluator(
-        model,
-        data,
-        loss_fn=loss_fn,
-        bn_data=(data if bn_data is None else bn_data) if bn == "recalibrate" else None,
-        **engine,
-    )
+    ev = evaluator_for_policy(model, data, bn, bn_data, loss_fn, **engine)
     center = ev.state(weights)
     names = parameter_names(ev.module, include, exclude)
     c = {n: center[n].abs() + eta if adaptive else torch.ones_like(center[n]) for n in names}

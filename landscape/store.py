@@ -15,11 +15,11 @@ store made with different settings (a different digest) is refused, never silent
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from landscape._common import LandscapeError, json_safe
+from okdph.run import atomic_write_bytes
 
 FORMAT = 1
 _CHUNK = re.compile(r"^chunk_(\d{5,})\.npz$")
@@ -42,19 +43,6 @@ def tensor_digest(tensors: Mapping[str, Tensor] | Tensor) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ChunkStore:
@@ -102,7 +90,7 @@ class ChunkStore:
             "n_chunks": self.n_chunks,
             "settings": self.settings,
         }
-        _atomic_write(manifest, lambda f: json.dump(body, f, indent=1, sort_keys=True), "w")
+        atomic_write_bytes(manifest, json.dumps(body, indent=1, sort_keys=True).encode())
 
     def _file(self, index: int) -> Path:
         return self.path / f"chunk_{index:05d}.npz"
@@ -116,7 +104,9 @@ class ChunkStore:
         """Store one finished chunk atomically."""
         if not 0 <= index < self.n_chunks:
             raise IndexError(f"chunk {index} outside 0..{self.n_chunks - 1}")
-        _atomic_write(self._file(index), lambda f: np.savez(f, **dict(arrays)))
+        buffer = io.BytesIO()
+        np.savez(buffer, **dict(arrays))
+        atomic_write_bytes(self._file(index), buffer.getvalue())
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         """The arrays of a stored chunk."""

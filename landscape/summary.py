@@ -127,6 +127,15 @@ def build_summary(
     }
 
 
+def _per_member(records: Mapping[str, Any], tag: str, analysis: str) -> dict[str, Any]:
+    """``{member: record}`` of one analysis at one epoch (keys ``tag/member/analysis``)."""
+    return {
+        k.split("/")[1]: r
+        for k, r in records.items()
+        if k.startswith(tag) and k.endswith(f"/{analysis}")
+    }
+
+
 def build_figures(summary: Mapping[str, Any]) -> list[tuple[str, str, list[tuple[str, go.Figure]]]]:
     """Report sections ``(heading, text, [(file stem, figure), ...])`` from a summary."""
     records = summary["records"]
@@ -137,18 +146,10 @@ def build_figures(summary: Mapping[str, Any]) -> list[tuple[str, str, list[tuple
         figs: list[tuple[str, go.Figure]] = [
             (f"flatness_{tag}", plots.flatness_table(rows, TABLE_COLUMNS))
         ]
-        spectra = {
-            k.split("/")[1]: r
-            for k, r in records.items()
-            if k.startswith(tag) and k.endswith("/eigen")
-        }
+        spectra = _per_member(records, tag, "eigen")
         if spectra:
             figs.append((f"spectrum_{tag}", plots.spectrum_figure(spectra)))
-        dens = {
-            k.split("/")[1]: r
-            for k, r in records.items()
-            if k.startswith(tag) and k.endswith("/density")
-        }
+        dens = _per_member(records, tag, "density")
         if dens:
             figs.append((f"density_{tag}", plots.density_figure(dens)))
         sections.append(

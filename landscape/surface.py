@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from landscape._common import Batch, LandscapeError, ResultMixin, progress
 from landscape.batchnorm import axes_for_policy, check_policy
-from landscape.evaluate import EngineSettings, Evaluator, LossFn
+from landscape.evaluate import EngineSettings, Evaluator, LossFn, evaluator_for_policy
 from landscape.params import NORMALIZATIONS, State, combine, norm, parameter_names, random_direction
 from landscape.store import ChunkStore, tensor_digest
 from landscape.subspace import Plane, TrajectoryPCA
@@ -230,13 +230,7 @@ def surface(
         raise LandscapeError(f"bn_center must be 'own' or 'policy', not {bn_center!r}")
     if center is None and isinstance(directions, Plane | TrajectoryPCA):
         center = directions.origin
-    ev = Evaluator(
-        model,
-        data,
-        loss_fn=loss_fn,
-        bn_data=(data if bn_data is None else bn_data) if bn == "recalibrate" else None,
-        **engine,
-    )
+    ev = evaluator_for_policy(model, data, bn, bn_data, loss_fn, **engine)
     c_state = ev.state(center)
     names = parameter_names(ev.module, include, exclude)
     if isinstance(directions, str) and dims not in (1, 2, 3):

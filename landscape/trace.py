@@ -90,25 +90,22 @@ def hutchinson(
     min_probes: int = 10,
     on_step: Callable[[int], None] | None = None,
 ) -> TraceEstimate:
-    """Hutchinson's estimator with Rademacher probes, ``block`` probes per product call."""
-    samples: list[float] = []
-    value, stderr = 0.0, math.inf
-    while len(samples) < max_matvec:
-        z = rademacher((min(block, max_matvec - len(samples)), n), generator, dtype, device)
-        samples += (z * matmat(z)).sum(dim=1).double().cpu().tolist()
-        value, stderr = _mean_stderr(samples)
-        if on_step is not None:
-            on_step(len(samples))
-        if _reached(value, stderr, len(samples), rtol, min_probes):
-            break
-    return TraceEstimate(
-        value=value,
-        stderr=stderr,
-        n_matvec=len(samples),
-        n_probes=len(samples),
-        sketch_size=0,
-        low_rank=0.0,
-        converged=_reached(value, stderr, len(samples), rtol, min_probes),
+    """Hutchinson's estimator with Rademacher probes, ``block`` probes per product call.
+
+    It is Hutch++ whose sketch never grows: the same probes, products and stopping rule.
+    """
+    return hutchpp(
+        matmat,
+        n,
+        generator=generator,
+        dtype=dtype,
+        device=device,
+        rtol=rtol,
+        max_matvec=max_matvec,
+        block=block,
+        min_probes=min_probes,
+        max_sketch=0,
+        on_step=on_step,
     )
 
 
@@ -126,13 +123,17 @@ def _combine(stages: list[tuple[float, list[float]]]) -> tuple[float, float, int
     """Inverse-variance combination of ``(low_rank, residual samples)`` stage estimates.
 
     Returns the estimate, its standard error and the number of probes used; stages with fewer
-    than two probes have no variance estimate and are left out.
+    than two probes have no variance estimate and are left out (a lone probe still gives an
+    estimate, with an infinite standard error).
     """
-    parts = [
-        (low + _mean_stderr(x)[0], _mean_stderr(x)[1], len(x)) for low, x in stages if len(x) > 1
-    ]
+    parts = []
+    for low, x in stages:
+        if len(x) > 1:
+            mean, se = _mean_stderr(x)
+            parts.append((low + mean, se, len(x)))
     if not parts:
-        return math.nan, math.inf, 0
+        low, x = stages[-1]
+        return (low + _mean_stderr(x)[0] if x else math.nan), math.inf, len(x)
     exact = [value for value, se, _ in parts if se == 0]
     if exact:
         return exact[-1], 0.0, sum(m for *_, m in parts)

@@ -12,6 +12,7 @@ point, like ``okdph.models.create``).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from okdph.run import atomic_write_bytes
 
 
 class DataError(ValueError):
@@ -206,10 +209,9 @@ def _mnist1d_arrays(num_samples: int, seed: int, root: str | None) -> dict[str, 
             return dict(f)
     data = make_dataset(args)
     arrays = {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
     return arrays
 
 

@@ -65,10 +65,42 @@ class MLP(nn.Module):
         return self.classifier(self.features(x))
 
 
-class DigitsCNN(nn.Module):
-    """Three-conv CNN with BatchNorm for 1x8x8 images (scikit-learn's digits)."""
+class _TrunkHeadCNN(nn.Module):
+    """A conv ``body`` whose first ``_HEAD_START`` modules are the trunk and the rest the head,
+    followed by a linear ``classifier`` (the branch protocol of ``okdph.models.branches``)."""
 
     trunk_modules = tuple(f"body.{i}" for i in range(_HEAD_START))
+    head_width: int
+    body: nn.Sequential
+    classifier: nn.Linear
+
+    def _shaped(self, x: Tensor) -> Tensor:
+        """The input in the layout the first conv expects."""
+        raise NotImplementedError
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """The first two conv blocks."""
+        return _run(self.body, 0, _HEAD_START, self._shaped(x))
+
+    def head_features(self, h: Tensor) -> Tensor:
+        """The rest of the body on a trunk output: the penultimate features."""
+        return _run(self.body, _HEAD_START, None, h)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate features, shape (batch, feature_dim)."""
+        return self.head_features(self.trunk(x))
+
+    def head_width_kwargs(self, keep: float) -> dict[str, int]:
+        """Keyword arguments that rebuild this network with the last conv pruned to ``keep``."""
+        return {"head_width": scaled_width(self.head_width, keep)}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+class DigitsCNN(_TrunkHeadCNN):
+    """Three-conv CNN with BatchNorm for 1x8x8 images (scikit-learn's digits); the head is
+    max-pooling, the last conv block and global average pooling."""
 
     def __init__(
         self,
@@ -92,37 +124,19 @@ class DigitsCNN(nn.Module):
         self.classifier = nn.Linear(h, num_classes)
         self.feature_dim = h
 
-    def trunk(self, x: Tensor) -> Tensor:
-        """The first two conv blocks."""
+    def _shaped(self, x: Tensor) -> Tensor:
         if x.dim() == 2:  # flat 64-vectors from other pipelines
             side = math.isqrt(x.shape[1])
             x = x.view(x.shape[0], 1, side, side)
-        return _run(self.body, 0, _HEAD_START, x)
-
-    def head_features(self, h: Tensor) -> Tensor:
-        """Pooling, the last conv block and global pooling of a trunk output."""
-        return _run(self.body, _HEAD_START, None, h)
-
-    def features(self, x: Tensor) -> Tensor:
-        """Globally pooled features, shape (batch, head_width)."""
-        return self.head_features(self.trunk(x))
-
-    def head_width_kwargs(self, keep: float) -> dict[str, int]:
-        """Keyword arguments that rebuild this network with the last conv pruned to ``keep``."""
-        return {"head_width": scaled_width(self.head_width, keep)}
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
+        return x
 
 
-class Signal1dCNN(nn.Module):
+class Signal1dCNN(_TrunkHeadCNN):
     """1D CNN for mnist1d signals of length 40: three strided convs, then a linear classifier.
 
     The classifier sees the flattened feature map rather than a global average, because in mnist1d
     the position of a pattern carries class information.
     """
-
-    trunk_modules = tuple(f"body.{i}" for i in range(_HEAD_START))
 
     def __init__(
         self,
@@ -145,26 +159,8 @@ class Signal1dCNN(nn.Module):
         self.feature_dim = h * out_len
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
-    def trunk(self, x: Tensor) -> Tensor:
-        """The first two conv blocks."""
-        if x.dim() == 2:
-            x = x.unsqueeze(1)
-        return _run(self.body, 0, _HEAD_START, x)
-
-    def head_features(self, h: Tensor) -> Tensor:
-        """The last conv block of a trunk output, flattened."""
-        return _run(self.body, _HEAD_START, None, h)
-
-    def features(self, x: Tensor) -> Tensor:
-        """Flattened last feature map, shape (batch, feature_dim)."""
-        return self.head_features(self.trunk(x))
-
-    def head_width_kwargs(self, keep: float) -> dict[str, int]:
-        """Keyword arguments that rebuild this network with the last conv pruned to ``keep``."""
-        return {"head_width": scaled_width(self.head_width, keep)}
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
+    def _shaped(self, x: Tensor) -> Tensor:
+        return x.unsqueeze(1) if x.dim() == 2 else x
 
 
 @register("mlp")

@@ -5,32 +5,16 @@ import re
 
 import pytest
 import torch
+from analysis_cases import fast_settings
 
-from landscape.analyze import ANALYSES, AnalyzeSettings, analyze_run
+from landscape.analyze import ANALYSES, analyze_run
 from landscape.cli import main
 
-FAST = dict(
-    samples=64,
-    test_samples=64,
-    batch_size=32,
-    grid=3,
-    alphas=5,
-    k=2,
-    tol=1e-2,
-    trace_rtol=0.3,
-    density_runs=2,
-    density_steps=8,
-    max_trajectory=3,
-)
 CLI_FAST = ["--samples", "64", "--no-progress"]
 
 
-def _settings(**kwargs):
-    return AnalyzeSettings(**{**FAST, **kwargs})
-
-
 def test_full_suite_on_our_layout(tiny_run):
-    outcome = analyze_run(tiny_run, _settings(), show_progress=False)
+    outcome = analyze_run(tiny_run, fast_settings(), show_progress=False)
     summary = outcome.summary
     out = tiny_run / "analysis"
     assert outcome.out == out and outcome.report == out / "report.html"
@@ -72,7 +56,7 @@ def _own_loss(run_dir, member):
     from landscape.pieces import Context
     from landscape.runs import open_run
 
-    ctx = Context(open_run(run_dir), _settings(), show_progress=False)
+    ctx = Context(open_run(run_dir), fast_settings(), show_progress=False)
     model = ctx.model(2, member)
     with torch.no_grad():
         total = sum(
@@ -95,7 +79,7 @@ def test_rerun_and_resume_compute_nothing_twice(tiny_run, monkeypatch):
         return original(ctx, epoch, a, b)
 
     monkeypatch.setattr(analyze, "interpolation_record", counting)
-    settings = _settings(analyses=("interp", "eigen"))
+    settings = fast_settings(analyses=("interp", "eigen"))
     with pytest.raises(KeyboardInterrupt):
         analyze_run(tiny_run, settings, show_progress=False)
     stored = sorted(p.name for p in (tiny_run / "analysis" / "data").rglob("*.json"))
@@ -111,7 +95,7 @@ def test_rerun_and_resume_compute_nothing_twice(tiny_run, monkeypatch):
     again = analyze_run(tiny_run, settings, show_progress=False)
     assert again.computed == 0
     changed = analyze_run(
-        tiny_run, _settings(analyses=("interp", "eigen"), k=3), show_progress=False
+        tiny_run, fast_settings(analyses=("interp", "eigen"), k=3), show_progress=False
     )
     assert changed.computed == 3  # only the eigenvalue pieces depend on k
 

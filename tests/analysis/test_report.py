@@ -5,24 +5,12 @@ import subprocess
 
 import plotly.graph_objects as go
 import pytest
+from analysis_cases import fast_settings
 
 from landscape import report as report_module
-from landscape.analyze import AnalyzeSettings, analyze_run
+from landscape.analyze import analyze_run
 from landscape.report import ExportUnavailable, export_figures, find_browser
 
-FAST = dict(
-    samples=64,
-    test_samples=64,
-    batch_size=32,
-    grid=3,
-    alphas=5,
-    k=2,
-    tol=1e-2,
-    trace_rtol=0.3,
-    density_runs=2,
-    density_steps=8,
-    max_trajectory=3,
-)
 needs_browser = pytest.mark.skipif(
     find_browser() is None, reason="no Chromium found (apt-get install chromium)"
 )
@@ -50,7 +38,7 @@ def _dump_dom(html_path, tmp_path):
 @pytest.mark.slow
 @needs_browser
 def test_report_renders_every_figure_offline(tiny_run, tmp_path):
-    outcome = analyze_run(tiny_run, AnalyzeSettings(**FAST), show_progress=False)
+    outcome = analyze_run(tiny_run, fast_settings(), show_progress=False)
     html = outcome.report.read_text()
     assert "cdn.plot.ly" not in html and "<script src='plotly.min.js'></script>" in html
     dom = _dump_dom(outcome.report, tmp_path)
@@ -84,7 +72,7 @@ def test_without_a_browser_html_and_json_are_still_written(tiny_run, monkeypatch
         export_figures({"x": go.Figure()}, tiny_run, ["png"])
     outcome = analyze_run(
         tiny_run,
-        AnalyzeSettings(**{**FAST, "analyses": ("eigen",)}),
+        fast_settings(analyses=("eigen",)),
         formats=("html", "json", "png"),
         show_progress=False,
     )

@@ -202,7 +202,9 @@ def test_operator_can_be_shared_and_results_serialise():
 @pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph")
 def test_pyhessian_agrees_on_the_largest_magnitude_eigenvalue():
     """PyHessian's power iteration finds the largest |eigenvalue|: ours is one of both ends."""
-    pyhessian = pytest.importorskip("pyhessian")
+    pyhessian = pytest.importorskip(
+        "pyhessian", reason="optional cross-check: PyHessian comes with the dev and compare extras"
+    )
     model, loss_fn, x, y = tiny_problem(seed=1)
     model, x = model.float(), x.float()
     ev = torch.linalg.eigvalsh(dense_hessian(model.double(), loss_fn, [(x.double(), y)])).numpy()
