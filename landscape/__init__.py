@@ -5,11 +5,8 @@ batches) and returns a frozen dataclass with ``to_dict()``; losses are the sampl
 all batches. ``analyze_run`` runs the whole suite on a training run directory.
 """
 
-from landscape._common import LandscapeError, resolve_device, select_parameters
-from landscape.analyze import AnalyzeSettings, analyze_run
-from landscape.batchnorm import BN_POLICIES, recalibrate
-from landscape.evaluate import EngineSettings, Evaluation, Evaluator, evaluate
-from landscape.hessian import (
+from landscape.core.common import LandscapeError, resolve_device, select_parameters
+from landscape.curvature.eigenvalues import (
     Density,
     Spectrum,
     Trace,
@@ -17,9 +14,21 @@ from landscape.hessian import (
     spectral_density,
     top_eigenvalues,
 )
-from landscape.hvp import HessianOperator
-from landscape.interpolate import Curve, barrier_height, interpolate
-from landscape.params import (
+from landscape.curvature.products import HessianOperator
+from landscape.geometry.batchnorm import BN_POLICIES, recalibrate
+from landscape.geometry.chunks import ChunkStore
+from landscape.geometry.evaluate import EngineSettings, Evaluation, Evaluator, evaluate
+from landscape.geometry.interpolate import Curve, barrier_height, interpolate
+from landscape.geometry.sharpness import Sharpness, sharpness
+from landscape.geometry.subspace import Plane, TrajectoryPCA, pca_trajectory, plane_through
+from landscape.geometry.surface import (
+    Surface,
+    grid_coordinates,
+    plane_grid,
+    span_coordinates,
+    surface,
+)
+from landscape.geometry.weights import (
     as_state,
     combine,
     direction_between,
@@ -29,11 +38,8 @@ from landscape.params import (
     parameter_names,
     random_direction,
 )
-from landscape.runs import Run, open_run
-from landscape.sharpness import Sharpness, sharpness
-from landscape.store import ChunkStore
-from landscape.subspace import Plane, TrajectoryPCA, pca_trajectory, plane_through
-from landscape.surface import Surface, grid_coordinates, plane_grid, span_coordinates, surface
+from landscape.pipeline.analyze import AnalyzeSettings, analyze_run
+from landscape.pipeline.runs import Run, open_run
 
 __all__ = [
     # curvature

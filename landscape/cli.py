@@ -42,7 +42,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from landscape.analyze import ANALYSES
+    from landscape.pipeline.analyze import ANALYSES
 
     parser = argparse.ArgumentParser(
         prog="landscape",
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace, **extra):
-    from landscape.analyze import AnalyzeSettings
+    from landscape.pipeline.analyze import AnalyzeSettings
 
     samples = args.samples
     return AnalyzeSettings(
@@ -148,8 +148,8 @@ def init_distributed() -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from landscape.analyze import analyze_run
-    from landscape.summary import stdout_table
+    from landscape.pipeline.analyze import analyze_run
+    from landscape.pipeline.summary import stdout_table
 
     if init_distributed() != 0:  # other ranks compute their share and stay quiet
         args.no_progress = True
@@ -185,9 +185,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _single(args: argparse.Namespace, **extra):
-    from landscape.analyze import select_epochs
-    from landscape.pieces import Context
-    from landscape.runs import open_run
+    from landscape.pipeline.analyze import select_epochs
+    from landscape.pipeline.runs import open_run
+    from landscape.pipeline.steps import Context
 
     run = open_run(args.run_dir, args.arch, args.data)
     settings = _settings(args, **extra)
@@ -197,7 +197,7 @@ def _single(args: argparse.Namespace, **extra):
 
 
 def _member(run, name: str | None) -> str:
-    from landscape._common import LandscapeError
+    from landscape.core.common import LandscapeError
 
     if name is None:
         return run.members[0]
@@ -209,7 +209,7 @@ def _member(run, name: str | None) -> str:
 
 
 def _emit(record: dict, args: argparse.Namespace, lines: list[str]) -> None:
-    from landscape._common import json_safe
+    from landscape.core.common import json_safe
 
     if args.json:
         print(json.dumps(json_safe(record), indent=1))
@@ -218,7 +218,7 @@ def _emit(record: dict, args: argparse.Namespace, lines: list[str]) -> None:
 
 
 def cmd_hessian(args: argparse.Namespace) -> int:
-    from landscape.pieces import curvature_record
+    from landscape.pipeline.steps import curvature_record
 
     run, ctx, epoch = _single(args, k=args.k, tol=args.tol)
     member = _member(run, args.member)
@@ -241,7 +241,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
 
 def cmd_interp(args: argparse.Namespace) -> int:
-    from landscape.pieces import interpolation_record
+    from landscape.pipeline.steps import interpolation_record
 
     run, ctx, epoch = _single(args, alphas=args.points)
     start, end = _member(run, args.start), _member(run, args.end)
@@ -255,7 +255,7 @@ def cmd_interp(args: argparse.Namespace) -> int:
 
 
 def cmd_surface(args: argparse.Namespace) -> int:
-    from landscape.pieces import random_surface_record
+    from landscape.pipeline.steps import random_surface_record
 
     run, ctx, epoch = _single(args, grid=args.grid, radius=args.radius)
     member = _member(run, args.member)
@@ -277,7 +277,7 @@ def cmd_surface(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``landscape`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from landscape._common import LandscapeError
+    from landscape.core.common import LandscapeError
 
     try:
         return args.handler(args)

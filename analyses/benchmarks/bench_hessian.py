@@ -35,8 +35,8 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor, nn
 
-from landscape.hessian import hessian_trace, top_eigenvalues
-from landscape.hvp import HessianOperator
+from landscape.curvature.eigenvalues import hessian_trace, top_eigenvalues
+from landscape.curvature.products import HessianOperator
 from okdph.models import create
 
 RESULTS = Path(__file__).parent / "results"

@@ -13,7 +13,7 @@ One run, one model, one dataset, one grid:
 
 Tools:
 
-* ``ours``: ``landscape.surface`` (the full grid, end to end) and the engine alone on a block of
+* ``ours``: ``landscape.geometry.surface`` (the full grid, end to end) and the engine alone on a block of
   points (best of several rounds);
 * ``loss-landscapes``: ``planar_interpolation`` with its ``Loss`` metric on one batch holding
   all the data, on corner/end models chosen so that its visited points are points of our grid;
@@ -55,10 +55,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from landscape.batchnorm import recalibrate
-from landscape.evaluate import Evaluator
-from landscape.params import as_state, parameter_names, random_direction
-from landscape.surface import grid_coordinates, surface
+from landscape.geometry.batchnorm import recalibrate
+from landscape.geometry.evaluate import Evaluator
+from landscape.geometry.surface import grid_coordinates, surface
+from landscape.geometry.weights import as_state, parameter_names, random_direction
 from okdph.models import create
 
 RESULTS = Path(__file__).resolve().parent / "results"

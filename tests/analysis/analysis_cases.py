@@ -1,6 +1,6 @@
 """Settings small enough for every analysis to run on the tiny run in seconds."""
 
-from landscape.analyze import AnalyzeSettings
+from landscape.pipeline.analyze import AnalyzeSettings
 
 FAST = dict(
     samples=64,

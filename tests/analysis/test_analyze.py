@@ -7,8 +7,8 @@ import pytest
 import torch
 from analysis_cases import fast_settings
 
-from landscape.analyze import ANALYSES, analyze_run
 from landscape.cli import main
+from landscape.pipeline.analyze import ANALYSES, analyze_run
 
 CLI_FAST = ["--samples", "64", "--no-progress"]
 
@@ -53,8 +53,8 @@ def test_full_suite_on_our_layout(tiny_run):
 
 
 def _own_loss(run_dir, member):
-    from landscape.pieces import Context
-    from landscape.runs import open_run
+    from landscape.pipeline.runs import open_run
+    from landscape.pipeline.steps import Context
 
     ctx = Context(open_run(run_dir), fast_settings(), show_progress=False)
     model = ctx.model(2, member)
@@ -67,7 +67,7 @@ def _own_loss(run_dir, member):
 
 
 def test_rerun_and_resume_compute_nothing_twice(tiny_run, monkeypatch):
-    import landscape.analyze as analyze
+    import landscape.pipeline.analyze as analyze
 
     calls = []
     original = analyze.interpolation_record

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from landscape.analyze import AnalyzeSettings, analyze_run
+from landscape.pipeline.analyze import AnalyzeSettings, analyze_run
 
 SETTINGS = dict(
     samples=64, test_samples=64, batch_size=16, grid=3, k=2, tol=1e-6, analyses=("eigen", "surface")

@@ -7,9 +7,9 @@ import plotly.graph_objects as go
 import pytest
 from analysis_cases import fast_settings
 
-from landscape import report as report_module
-from landscape.analyze import analyze_run
-from landscape.report import ExportUnavailable, export_figures, find_browser
+from landscape.pipeline.analyze import analyze_run
+from landscape.report import html as report_module
+from landscape.report.html import ExportUnavailable, export_figures, find_browser
 
 needs_browser = pytest.mark.skipif(
     find_browser() is None, reason="no Chromium found (apt-get install chromium)"

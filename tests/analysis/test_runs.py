@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from landscape._common import LandscapeError
-from landscape.runs import open_run
+from landscape.core.common import LandscapeError
+from landscape.pipeline.runs import open_run
 
 ARCH = {"name": "cnn_digits", "kwargs": {"num_classes": 10, "width": 4}}
 

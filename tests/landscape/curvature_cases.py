@@ -97,8 +97,8 @@ def distributed_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """One gloo rank of the distributed test: shard ``tiny_problem``'s data, save its results."""
     import os
 
-    from landscape.hessian import top_eigenvalues
-    from landscape.hvp import HessianOperator
+    from landscape.curvature.eigenvalues import top_eigenvalues
+    from landscape.curvature.products import HessianOperator
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)

@@ -130,7 +130,7 @@ def distributed_surface_worker(rank: int, world: int, port: int, out_dir: str) -
     """One rank of a 2-process gloo surface (run by ``torch.multiprocessing.spawn``)."""
     import torch.distributed as dist
 
-    from landscape.surface import surface
+    from landscape.geometry.surface import surface
 
     torch.set_num_threads(1)
     dist.init_process_group(

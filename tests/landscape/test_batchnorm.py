@@ -7,8 +7,8 @@ import torch
 from geometry_cases import TinyConvNet, image_batches, randomize_bn, tiny_convnet
 from torch import nn
 
-from landscape._common import LandscapeError
-from landscape.batchnorm import (
+from landscape.core.common import LandscapeError
+from landscape.geometry.batchnorm import (
     axes_for_policy,
     batchnorm_layers,
     check_policy,
@@ -17,7 +17,12 @@ from landscape.batchnorm import (
     recalibrate,
     running_stat_names,
 )
-from landscape.params import as_state, direction_between, parameter_names, random_direction
+from landscape.geometry.weights import (
+    as_state,
+    direction_between,
+    parameter_names,
+    random_direction,
+)
 from okdph.models import create
 
 

@@ -17,11 +17,11 @@ from curvature_cases import (
     tiny_problem,
 )
 
-from landscape._common import LandscapeError
-from landscape.density import broaden, default_sigma, density_grid
-from landscape.hessian import spectral_density
-from landscape.hvp import rademacher
-from landscape.lanczos import lanczos_quadrature
+from landscape.core.common import LandscapeError
+from landscape.curvature.density import broaden, default_sigma, density_grid
+from landscape.curvature.eigenvalues import spectral_density
+from landscape.curvature.lanczos import lanczos_quadrature
+from landscape.curvature.products import rademacher
 
 
 def _spectrum_and_matrix(n: int = 60, seed: int = 0):

@@ -16,9 +16,9 @@ from curvature_cases import (
     tiny_problem,
 )
 
-from landscape._common import LandscapeError
-from landscape.hessian import top_eigenvalues
-from landscape.lanczos import error_bounds, extreme_eigenpairs
+from landscape.core.common import LandscapeError
+from landscape.curvature.eigenvalues import top_eigenvalues
+from landscape.curvature.lanczos import error_bounds, extreme_eigenpairs
 
 
 def _exact(h: torch.Tensor, k: int, which: str) -> np.ndarray:
@@ -184,7 +184,7 @@ def test_float32_path_agrees_with_float64():
 
 
 def test_operator_can_be_shared_and_results_serialise():
-    from landscape.hvp import HessianOperator
+    from landscape.curvature.products import HessianOperator
 
     model, loss_fn, x, y = tiny_problem()
     op = HessianOperator(model, loss_fn, [(x, y)])

@@ -9,10 +9,10 @@ import torch
 from curvature_cases import DTYPE, dense_hessian, tiny_problem
 from torch import nn
 
-import landscape.hvp as hvp_module
-from landscape._common import LandscapeError
-from landscape.hessian import top_eigenvalues
-from landscape.hvp import HessianOperator
+import landscape.curvature.products as hvp_module
+from landscape.core.common import LandscapeError
+from landscape.curvature.eigenvalues import top_eigenvalues
+from landscape.curvature.products import HessianOperator
 
 SETTINGS = [
     {"method": "reverse"},  # graph kept: a single batch

@@ -12,10 +12,10 @@ from geometry_cases import (
     tiny_convnet,
 )
 
-from landscape._common import LandscapeError
-from landscape.batchnorm import recalibrate
-from landscape.interpolate import barrier_height, interpolate
-from landscape.params import as_state, lerp
+from landscape.core.common import LandscapeError
+from landscape.geometry.batchnorm import recalibrate
+from landscape.geometry.interpolate import barrier_height, interpolate
+from landscape.geometry.weights import as_state, lerp
 
 
 def test_endpoints_equal_the_two_models_losses():

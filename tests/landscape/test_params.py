@@ -7,8 +7,9 @@ import pytest
 import torch
 from geometry_cases import tiny_convnet
 
-from landscape._common import LandscapeError
-from landscape.params import (
+from landscape.core.common import LandscapeError
+from landscape.geometry.subspace import pca_trajectory, plane_through
+from landscape.geometry.weights import (
     as_state,
     buffer_names,
     combine,
@@ -21,7 +22,6 @@ from landscape.params import (
     parameter_names,
     random_direction,
 )
-from landscape.subspace import pca_trajectory, plane_through
 from okdph.models import create
 
 

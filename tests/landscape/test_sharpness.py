@@ -12,8 +12,8 @@ from geometry_cases import (
     tiny_convnet,
 )
 
-from landscape._common import LandscapeError
-from landscape.sharpness import sharpness
+from landscape.core.common import LandscapeError
+from landscape.geometry.sharpness import sharpness
 
 
 def _at_minimum():

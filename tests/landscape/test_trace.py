@@ -15,9 +15,9 @@ from curvature_cases import (
     tiny_problem,
 )
 
-from landscape._common import LandscapeError
-from landscape.hessian import hessian_trace
-from landscape.trace import hutchinson, hutchpp
+from landscape.core.common import LandscapeError
+from landscape.curvature.eigenvalues import hessian_trace
+from landscape.curvature.trace import hutchinson, hutchpp
 
 CPU = torch.device("cpu")
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from landscape import plots
-from landscape.report import ExportUnavailable, export_figures, write_report
-from landscape.results import atomic_write_json
-from landscape.runs import Run
+from landscape.pipeline.runs import Run
+from landscape.pipeline.store import atomic_write_json
+from landscape.report import figures as plots
+from landscape.report.html import ExportUnavailable, export_figures, write_report
 
 TABLE_COLUMNS = [
     ("member", "member"),

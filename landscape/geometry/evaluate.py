@@ -10,7 +10,7 @@ eval mode and without autograd. Speed-ups, each measured in
   default is derived from the largest activation per sample;
 * channels-last memory format for 4-D inputs, which oneDNN and cuDNN convolutions prefer (1.2x
   to 1.5x faster than contiguous on an idle CPU, more under load);
-* BatchNorm folded into the preceding convolution (eval mode only; ``landscape.batchnorm``);
+* BatchNorm folded into the preceding convolution (eval mode only; ``landscape.geometry.batchnorm``);
 * on the CPU, several points evaluated at once on worker threads with one intra-op thread each:
   the small convolutions of CIFAR networks parallelise poorly inside one forward;
 * optionally several points stacked into one ``torch.func.vmap``-ed forward
@@ -37,9 +37,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from landscape._common import Batch, LandscapeError, ResultMixin, materialize, resolve_device
-from landscape.batchnorm import fold_plan, fold_state, recalibrate
-from landscape.params import State, as_state
+from landscape.core.common import Batch, LandscapeError, ResultMixin, materialize, resolve_device
+from landscape.geometry.batchnorm import fold_plan, fold_state, recalibrate
+from landscape.geometry.weights import State, as_state
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 # ``build(k)`` gives point k's state and whether the BatchNorm policy applies to it (it does not

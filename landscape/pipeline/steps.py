@@ -7,7 +7,7 @@ training subset before its curvature is measured. Every point of a curve or surf
 centre included, follows the same BatchNorm policy, so barriers and basins compare like with like
 (each result also records the ends' or centre's loss with their own statistics).
 
-Each ``*_record`` function computes one piece and returns a JSON-ready record; ``landscape.plots``
+Each ``*_record`` function computes one piece and returns a JSON-ready record; ``landscape.report.figures``
 draws figures from these records alone.
 """
 
@@ -24,16 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from landscape._common import LandscapeError, resolve_device
-from landscape.batchnorm import batchnorm_layers, recalibrate, running_stat_names
-from landscape.hessian import hessian_trace, spectral_density, top_eigenvalues
-from landscape.interpolate import interpolate
-from landscape.params import parameter_names, random_direction
-from landscape.results import file_digest
-from landscape.runs import Checkpoint, Run
-from landscape.sharpness import sharpness
-from landscape.subspace import pca_trajectory, plane_through
-from landscape.surface import grid_coordinates, plane_grid, span_coordinates, surface
+from landscape.core.common import LandscapeError, resolve_device
+from landscape.curvature.eigenvalues import hessian_trace, spectral_density, top_eigenvalues
+from landscape.geometry.batchnorm import batchnorm_layers, recalibrate, running_stat_names
+from landscape.geometry.interpolate import interpolate
+from landscape.geometry.sharpness import sharpness
+from landscape.geometry.subspace import pca_trajectory, plane_through
+from landscape.geometry.surface import grid_coordinates, plane_grid, span_coordinates, surface
+from landscape.geometry.weights import parameter_names, random_direction
+from landscape.pipeline.runs import Checkpoint, Run
+from landscape.pipeline.store import file_digest
 
 ANALYSES = ("eigen", "trace", "density", "sharpness", "interp", "plane", "surface", "trajectory")
 

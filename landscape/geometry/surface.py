@@ -20,12 +20,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape._common import Batch, LandscapeError, ResultMixin, progress
-from landscape.batchnorm import axes_for_policy, check_policy
-from landscape.evaluate import EngineSettings, Evaluator, LossFn, evaluator_for_policy
-from landscape.params import NORMALIZATIONS, State, combine, norm, parameter_names, random_direction
-from landscape.store import ChunkStore, tensor_digest
-from landscape.subspace import Plane, TrajectoryPCA
+from landscape.core.common import Batch, LandscapeError, ResultMixin, progress
+from landscape.geometry.batchnorm import axes_for_policy, check_policy
+from landscape.geometry.chunks import ChunkStore, tensor_digest
+from landscape.geometry.evaluate import EngineSettings, Evaluator, LossFn, evaluator_for_policy
+from landscape.geometry.subspace import Plane, TrajectoryPCA
+from landscape.geometry.weights import (
+    NORMALIZATIONS,
+    State,
+    combine,
+    norm,
+    parameter_names,
+    random_direction,
+)
 
 Grid = tuple[float, int] | Sequence[Sequence[float]]
 
@@ -208,14 +215,14 @@ def surface(
             checkpoint it is) or ``"policy"`` (the centre follows ``bn`` like every other point).
         loss_fn: batch-mean loss (default cross-entropy).
         seed: seed of the random directions.
-        normalization, include_1d: see ``landscape.params.normalize_direction``.
+        normalization, include_1d: see ``landscape.geometry.weights.normalize_direction``.
         include, exclude: glob filters on parameter names (per-layer surfaces).
         store: directory of a resumable chunk store (optional).
         chunk_points: points per stored chunk (default: one row of the grid).
         show_progress: show a progress bar on stderr.
         callback: called as ``callback(chunks_done, n_chunks)`` after each stored chunk; raising
             from it aborts the run and leaves the finished chunks in the store.
-        **engine: keyword arguments of :class:`landscape.evaluate.Evaluator` (``device``,
+        **engine: keyword arguments of :class:`landscape.geometry.evaluate.Evaluator` (``device``,
             ``dtype``, ``chunk_size``, ``memory_format``, ``fold_bn``, ``points_per_pass``,
             ``workers``, ``bf16``).
 

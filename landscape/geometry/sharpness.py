@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape._common import Batch, LandscapeError, ResultMixin, progress
-from landscape.batchnorm import check_policy
-from landscape.evaluate import EngineSettings, Evaluator, LossFn, evaluator_for_policy
-from landscape.params import State, combine, norm, parameter_names
+from landscape.core.common import Batch, LandscapeError, ResultMixin, progress
+from landscape.geometry.batchnorm import check_policy
+from landscape.geometry.evaluate import EngineSettings, Evaluator, LossFn, evaluator_for_policy
+from landscape.geometry.weights import State, combine, norm, parameter_names
 
 KINDS = ("average", "worst")
 DISTRIBUTIONS = ("sphere", "gaussian")
@@ -123,7 +123,7 @@ def sharpness(
         loss_fn: batch-mean loss (default cross-entropy).
         include, exclude: glob filters on the perturbed parameters.
         show_progress: show a progress bar on stderr.
-        **engine: keyword arguments of :class:`landscape.evaluate.Evaluator`.
+        **engine: keyword arguments of :class:`landscape.geometry.evaluate.Evaluator`.
     """
     started = time.perf_counter()
     check_policy(bn)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape._common import LandscapeError, json_safe
+from landscape.core.common import LandscapeError, json_safe
 from okdph.run import atomic_write_bytes
 
 FORMAT = 1

@@ -5,7 +5,7 @@ trace, spectral density, adaptive sharpness (average and worst case) and a filte
 2D surface. Across members: interpolation curves between every pair of students and from each
 student to the hybrid, and a 2D surface on the plane through two students and the hybrid. Across
 epochs: a surface on the PCA plane of the students' trajectories. What each piece computes, and on
-which data, is in ``landscape.pieces``.
+which data, is in ``landscape.pipeline.steps``.
 
 Work is split into pieces stored by ``ResultsStore``; a re-run computes only missing or changed
 pieces, and under ``torch.distributed`` the engines share each piece's work across ranks.
@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from landscape._common import LandscapeError, progress
-from landscape.pieces import (
+from landscape.core.common import LandscapeError, progress
+from landscape.pipeline.runs import Run
+from landscape.pipeline.steps import (
     ANALYSES,
     AnalyzeSettings,
     Context,
@@ -36,8 +37,7 @@ from landscape.pieces import (
     sharpness_record,
     trajectory_record,
 )
-from landscape.results import ResultsStore, fingerprint
-from landscape.runs import Run
+from landscape.pipeline.store import ResultsStore, fingerprint
 
 __all__ = [
     "ANALYSES",
@@ -265,8 +265,8 @@ def analyze_run(
         resume: reuse the settings stored by the previous call in ``out``.
         show_progress: progress bars on stderr.
     """
-    from landscape.runs import open_run
-    from landscape.summary import build_summary, write_outputs
+    from landscape.pipeline.runs import open_run
+    from landscape.pipeline.summary import build_summary, write_outputs
 
     unknown = [f for f in formats if f not in ("html", "json", "png", "svg", "pdf")]
     if unknown:

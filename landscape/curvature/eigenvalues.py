@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape._common import Batch, LandscapeError, ResultMixin, progress
-from landscape.density import broaden, default_sigma, density_grid, quadrature_moment
-from landscape.hvp import HessianOperator, LossFn, ProblemInfo, gaussian, rademacher
-from landscape.lanczos import WHICH, extreme_eigenpairs, lanczos_quadrature
-from landscape.trace import hutchinson, hutchpp
+from landscape.core.common import Batch, LandscapeError, ResultMixin, progress
+from landscape.curvature.density import broaden, default_sigma, density_grid, quadrature_moment
+from landscape.curvature.lanczos import WHICH, extreme_eigenpairs, lanczos_quadrature
+from landscape.curvature.products import HessianOperator, LossFn, ProblemInfo, gaussian, rademacher
+from landscape.curvature.trace import hutchinson, hutchpp
 
 #: Memory the Lanczos bases of one SLQ block may take; more runs are done in several blocks.
 SLQ_BASIS_BYTES = 2 * 2**30
@@ -63,7 +63,7 @@ class Spectrum(ResultMixin):
         residuals: ``||H y - value * y||`` of each unit Ritz vector ``y``.
         error_bounds: bound on ``|value - eigenvalue|``: the residual (rigorous), or the residual
             squared over the gap to the other Ritz values where that gap exceeds the residual
-            (:func:`landscape.lanczos.error_bounds`).
+            (:func:`landscape.curvature.lanczos.error_bounds`).
         converged: ``error_bound <= tol * |value|`` (plus a rounding floor) for each value.
         n_hvp: Hessian-vector products used.
         n_restarts: thick restarts of the Lanczos basis.
@@ -141,7 +141,7 @@ class Density(ResultMixin):
         grid: eigenvalues at which the density is evaluated (evenly spaced).
         density: the Gaussian-smoothed density on ``grid`` (1 / eigenvalue units, integral 1).
         sigma: the Gaussian width (eigenvalue units).
-        sigma_rule: ``"range/n_steps"`` (see :func:`landscape.density.default_sigma`) or
+        sigma_rule: ``"range/n_steps"`` (see :func:`landscape.curvature.density.default_sigma`) or
             ``"given"``.
         nodes: per run, the quadrature nodes (Ritz values), increasing.
         weights: per run, the squared first components of the Ritz vectors (sum 1).
@@ -188,7 +188,7 @@ def top_eigenvalues(
 ) -> Spectrum:
     """Extreme eigenvalues of the Hessian of the dataset loss, to a certified relative accuracy.
 
-    Thick-restart Lanczos with full reorthogonalisation (:func:`landscape.lanczos.extreme_eigenpairs`)
+    Thick-restart Lanczos with full reorthogonalisation (:func:`landscape.curvature.lanczos.extreme_eigenpairs`)
     from a seeded Gaussian start vector. It stops once every returned value has an error bound of
     at most ``tol * |value|``, never after a fixed number of steps; ``converged`` says which
     values reached it if the budget ran out first.
@@ -295,7 +295,7 @@ def hessian_trace(
     Probes are Rademacher vectors from a generator seeded with ``seed``, ``block`` of them per data
     pass. Estimation stops at the first block where the standard error is at most ``rtol`` times
     the estimate (after at least ``min_probes`` probes) or when ``max_hvp`` products are spent.
-    See :mod:`landscape.trace` for the estimators and :class:`Trace` for what ``stderr`` means.
+    See :mod:`landscape.curvature.trace` for the estimators and :class:`Trace` for what ``stderr`` means.
 
     Args:
         model, loss_fn, data, include, exclude, device, dtype, distributed: as for
@@ -379,7 +379,7 @@ def spectral_density(
     vectors (seeded), advanced together so that each step is one data pass for all runs (several
     passes when their bases would exceed ``SLQ_BASIS_BYTES``). Each run's quadrature nodes are its
     Ritz values and its weights the squared first components of its Ritz vectors; the density is
-    their Gaussian-broadened average (:mod:`landscape.density`).
+    their Gaussian-broadened average (:mod:`landscape.curvature.density`).
 
     Args:
         model, loss_fn, data, include, exclude, device, dtype, distributed: as for

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from landscape._common import Batch, LandscapeError, ResultMixin, progress
-from landscape.batchnorm import check_policy, running_stat_names
-from landscape.evaluate import EngineSettings, LossFn, evaluator_for_policy
-from landscape.params import State, lerp, movable, parameter_names
+from landscape.core.common import Batch, LandscapeError, ResultMixin, progress
+from landscape.geometry.batchnorm import check_policy, running_stat_names
+from landscape.geometry.evaluate import EngineSettings, LossFn, evaluator_for_policy
+from landscape.geometry.weights import State, lerp, movable, parameter_names
 
 # Steps of 1/20 from -0.25 to 1.25, as exact fractions i / 20 (0 and 1 are hit exactly).
 DEFAULT_ALPHAS = np.arange(-5, 26) / 20.0
@@ -112,7 +112,7 @@ def interpolate(
         loss_fn: batch-mean loss (default cross-entropy).
         include, exclude: glob filters: only these parameters move (the rest stay at ``start``).
         show_progress: show a progress bar on stderr.
-        **engine: keyword arguments of :class:`landscape.evaluate.Evaluator`.
+        **engine: keyword arguments of :class:`landscape.geometry.evaluate.Evaluator`.
 
     Returns:
         A :class:`Curve`.

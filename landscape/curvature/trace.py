@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.hvp import rademacher
-from landscape.lanczos import breakdown_level
+from landscape.curvature.lanczos import breakdown_level
+from landscape.curvature.products import rademacher
 
 MatMat = Callable[[Tensor], Tensor]
 

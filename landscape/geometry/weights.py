@@ -6,7 +6,7 @@ directions between models also carry floating-point buffers, which the ``bn="int
 moves along). All functions here are pure: they never modify their inputs and never touch the
 global random generator.
 
-Planes through three models and PCA of a trajectory live in :mod:`landscape.subspace`.
+Planes through three models and PCA of a trajectory live in :mod:`landscape.geometry.subspace`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from landscape._common import LandscapeError, select_parameters
+from landscape.core.common import LandscapeError, select_parameters
 
 State = dict[str, Tensor]
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from landscape._common import LandscapeError, ResultMixin
-from landscape.params import State, dot, norm
+from landscape.core.common import LandscapeError, ResultMixin
+from landscape.geometry.weights import State, dot, norm
 
 L2_UNITS = "L2 distance"
 

@@ -35,7 +35,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
-from landscape._common import (
+from landscape.core.common import (
     Batch,
     LandscapeError,
     ResultMixin,

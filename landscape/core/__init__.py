@@ -1,0 +1,1 @@
+"""Conventions every layer shares: errors, devices, batches, parameter selection, progress, result records."""

@@ -1,0 +1,1 @@
+"""The curvature engine: Hessian-vector products, Lanczos, extreme eigenvalues, trace and spectral density."""

@@ -1,0 +1,1 @@
+"""Presentation: Plotly figures from stored records, the HTML report and static export."""
