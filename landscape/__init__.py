@@ -5,18 +5,21 @@ batches) and returns a frozen dataclass with ``to_dict()``; losses are the sampl
 all batches. ``analyze_run`` runs the whole suite on a training run directory.
 """
 
-from landscape.core.common import LandscapeError, resolve_device, select_parameters
-from landscape.curvature.eigenvalues import (
-    Density,
-    Spectrum,
-    Trace,
-    hessian_trace,
-    spectral_density,
-    top_eigenvalues,
-)
+from landscape.core.device import resolve_device
+from landscape.core.errors import LandscapeError
+from landscape.core.selection import select_parameters
+from landscape.curvature.density import Density, spectral_density
+from landscape.curvature.eigenvalues import Spectrum, top_eigenvalues
 from landscape.curvature.products import HessianOperator
+from landscape.curvature.trace import Trace, hessian_trace
 from landscape.geometry.batchnorm import BN_POLICIES, recalibrate
 from landscape.geometry.chunks import ChunkStore
+from landscape.geometry.directions import (
+    direction_between,
+    filter_norms,
+    normalize_direction,
+    random_direction,
+)
 from landscape.geometry.evaluate import EngineSettings, Evaluation, Evaluator, evaluate
 from landscape.geometry.interpolate import Curve, barrier_height, interpolate
 from landscape.geometry.sharpness import Sharpness, sharpness
@@ -28,16 +31,7 @@ from landscape.geometry.surface import (
     span_coordinates,
     surface,
 )
-from landscape.geometry.weights import (
-    as_state,
-    combine,
-    direction_between,
-    filter_norms,
-    lerp,
-    normalize_direction,
-    parameter_names,
-    random_direction,
-)
+from landscape.geometry.weights import as_state, combine, lerp, parameter_names
 from landscape.pipeline.analyze import AnalyzeSettings, analyze_run
 from landscape.pipeline.runs import Run, open_run
 

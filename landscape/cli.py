@@ -197,7 +197,7 @@ def _single(args: argparse.Namespace, **extra):
 
 
 def _member(run, name: str | None) -> str:
-    from landscape.core.common import LandscapeError
+    from landscape.core.errors import LandscapeError
 
     if name is None:
         return run.members[0]
@@ -209,7 +209,7 @@ def _member(run, name: str | None) -> str:
 
 
 def _emit(record: dict, args: argparse.Namespace, lines: list[str]) -> None:
-    from landscape.core.common import json_safe
+    from landscape.core.records import json_safe
 
     if args.json:
         print(json.dumps(json_safe(record), indent=1))
@@ -277,7 +277,7 @@ def cmd_surface(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``landscape`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from landscape.core.common import LandscapeError
+    from landscape.core.errors import LandscapeError
 
     try:
         return args.handler(args)

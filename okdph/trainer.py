@@ -1,6 +1,7 @@
-"""The training loop: epochs of batches, evaluation, metrics, checkpoints and resume.
+"""The training loop: epochs of batches, per-epoch evaluation and metrics, checkpoints, resume.
 
-The loop is method-agnostic; a method supplies the joint loss of a batch and its between-step
+The session it runs is built in :mod:`okdph.session`, evaluation lives in :mod:`okdph.evaluation`
+and checkpoint I/O in :mod:`okdph.checkpoints`. The loop is method-agnostic; a method supplies the joint loss of a batch and its between-step
 hooks. Randomness (shuffling, augmentation, HWM coefficients, global torch RNG) is reseeded from
 ``(seed, epoch)`` at the start of every epoch, so resuming from an epoch boundary reproduces an
 uninterrupted run exactly on the CPU.
@@ -8,74 +9,26 @@ uninterrupted run exactly on the CPU.
 
 from __future__ import annotations
 
-import inspect
 import math
-import platform
-import shutil
 import sys
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from okdph import models
-from okdph.augment import Pipeline, build_pipeline
-from okdph.config import ConfigError, TrainConfig
-from okdph.data import TensorDataset, load_dataset
-from okdph.methods import Method, StepContext, build_method
-from okdph.run import RunDir, RunDirError, load_checkpoint
+from okdph.checkpoints import clear_run, restore_checkpoint, save_checkpoint
+from okdph.config import TrainConfig
+from okdph.evaluation import autocast, evaluate, to_memory_format
+from okdph.methods import StepContext
+from okdph.run import RunDir, RunDirError
+from okdph.session import Session, build_session, describe_run
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the message names the epoch and the member."""
-
-
-@dataclass
-class Session:
-    """Everything a run needs, built from a config: data, networks, optimiser, views."""
-
-    cfg: TrainConfig
-    device: torch.device
-    data: TensorDataset
-    method: Method
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    pipelines: list[Pipeline]
-    arch: dict[str, Any]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """CUDA when present, else the CPU; ``name`` forces one (``cpu``, ``cuda``, ``cuda:1``)."""
-    if name in ("auto", "", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was requested but CUDA is not available")
-    return device
-
-
-def model_arguments(cfg: TrainConfig, data: TensorDataset) -> dict[str, Any]:
-    """The model's keyword arguments: the config's, plus what the data implies (classes, shape)."""
-    factory_params = inspect.signature(models.registry.factory(cfg.model)).parameters
-    implied = {"num_classes": data.num_classes}
-    shape = data.input_shape
-    if "input_dim" in factory_params:
-        implied["input_dim"] = int(np.prod(shape))
-    if "length" in factory_params and data.kind == "signal":
-        implied["length"] = shape[-1]
-    if "in_channels" in factory_params and data.kind == "image":
-        implied["in_channels"] = shape[0]
-    return {**implied, **cfg.model_args}
 
 
 def epoch_rngs(
@@ -90,105 +43,6 @@ def epoch_rngs(
     gen = torch.Generator(device=device)
     gen.manual_seed(torch_seed)
     return gen, np.random.default_rng(numpy_seed)
-
-
-def build_session(cfg: TrainConfig) -> Session:
-    """Load the data and build the method, optimiser, schedule and views for ``cfg``."""
-    device = resolve_device(cfg.device)
-    data = load_dataset(cfg.data, device, **cfg.data_args)
-    kwargs = model_arguments(cfg, data)
-    torch.manual_seed(cfg.seed)
-    method = build_method(
-        cfg.method,
-        cfg.method_args,
-        # Overrides let a method build members that differ from the run's architecture (WML's
-        # pruned heads); the method reports them through member_arch.
-        lambda **overrides: models.create(cfg.model, **{**kwargs, **overrides}),
-        cfg.num_students,
-        cfg.init,
-    ).to(device)
-    if cfg.channels_last:
-        method.to(memory_format=torch.channels_last)
-    specs = list(cfg.augment)
-    if len(specs) == 1:
-        specs = specs * method.num_views
-    if len(specs) != method.num_views:
-        raise ConfigError(
-            f"augment lists {len(specs)} pipelines but {cfg.method} with {cfg.num_students} students "
-            f"needs 1 or {method.num_views} (one per view: {', '.join(method_view_names(method))})"
-        )
-    pipelines = [build_pipeline(s, data.kind) for s in specs]
-    o = cfg.optim
-    optimizer = torch.optim.SGD(
-        method.parameters(),
-        lr=o.lr,
-        momentum=o.momentum,
-        weight_decay=o.weight_decay,
-        nesterov=o.nesterov,
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, o.milestone_epochs(cfg.epochs), o.lr_decay
-    )
-    return Session(
-        cfg,
-        device,
-        data,
-        method,
-        optimizer,
-        scheduler,
-        pipelines,
-        {"name": cfg.model, "kwargs": kwargs},
-    )
-
-
-def method_view_names(method: Method) -> list[str]:
-    return method.view_names()
-
-
-def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bfloat16 autocast on ``device`` when ``enabled`` (a no-op context otherwise)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def to_memory_format(x: Tensor, channels_last: bool) -> Tensor:
-    """``x`` in channels-last layout when asked and it is an image batch, else unchanged."""
-    if channels_last and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-@torch.no_grad()
-def evaluate(
-    method: Method,
-    x: Tensor,
-    y: Tensor,
-    batch_size: int = 1024,
-    amp: bool = False,
-    channels_last: bool = False,
-) -> dict[str, float]:
-    """Test accuracy (fraction) and mean cross-entropy of every member and the logit ensemble."""
-    was_training = method.training
-    method.eval()
-    forwards = method.eval_forwards()
-    ensemble = method.ensemble_members()
-    loss = {name: 0.0 for name in [*forwards, "ensemble"]}
-    correct = dict.fromkeys(loss, 0)
-    for start in range(0, len(y), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        xb = to_memory_format(xb, channels_last)
-        with autocast(xb.device, amp):
-            logits = {name: fn(xb) for name, fn in forwards.items()}
-        logits["ensemble"] = torch.stack([logits[n] for n in ensemble]).mean(0)
-        for name, z in logits.items():
-            loss[name] += F.cross_entropy(z.float(), yb, reduction="sum").item()
-            correct[name] += (z.argmax(1) == yb).sum().item()
-    method.train(was_training)
-    n = len(y)
-    out = {}
-    for name in loss:
-        out[f"{name}/test_acc"] = correct[name] / n
-        out[f"{name}/test_loss"] = loss[name] / n
-    return out
 
 
 def _progress(iterable, **kwargs):
@@ -208,89 +62,12 @@ class Trainer:
         self.test_x = session.data.inputs("test")
         self.test_y = session.data.targets("test")
 
-    # ---- state ------------------------------------------------------------------------------
-    def run_info(self, command: list[str] | None = None) -> dict[str, Any]:
-        s = self.s
-        data_info = {
-            "name": s.cfg.data,
-            "kwargs": dict(s.cfg.data_args),
-            "kind": s.data.kind,
-            "num_classes": s.data.num_classes,
-            "input_shape": list(s.data.input_shape),
-            "normalization": {
-                "scale": s.data.scale,
-                "mean": list(s.data.mean),
-                "std": list(s.data.std),
-            },
-            **s.data.meta,
-        }
-        members = {
-            name: {
-                "arch": s.method.member_arch(name, s.arch),
-                "role": "hybrid" if name == "hybrid" else "network",
-            }
-            for name in s.method.checkpoint_states()
-        }
-        return {
-            "method": s.method.describe(),
-            "arch": s.arch,
-            "data": data_info,
-            "members": members,
-            "num_students": s.cfg.num_students,
-            "init": s.cfg.init if s.cfg.init != "auto" else s.method.default_init,
-            "augment": [
-                {"view": v, "pipeline": p.spec}
-                for v, p in zip(method_view_names(s.method), s.pipelines)
-            ],
-            "config": s.cfg.to_dict(),
-            "status": "running",
-            "epochs_done": 0,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "environment": {
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-                "device": str(s.device),
-                "channels_last": s.cfg.channels_last,
-                "amp": "bfloat16 autocast" if s.cfg.amp else "off",
-            },
-            "command": command or [],
-        }
-
     def save(self, metrics: dict[str, float]) -> None:
-        s = self.s
-        states = s.method.checkpoint_states()
-        payload = {
-            "step": self.step,
-            "models": states,
-            "method_state": s.method.extra_state(),
-            "optimizer": s.optimizer.state_dict(),
-            "scheduler": s.scheduler.state_dict(),
-            "metrics": metrics,
-            "config": s.cfg.to_dict(),
-        }
-        self.run.save_checkpoint(
-            self.epoch, payload, {"step": self.step, "members": list(states), "metrics": metrics}
-        )
+        save_checkpoint(self.run, self.s, self.epoch, self.step, metrics)
 
     def restore(self) -> None:
-        """Load the last checkpoint of the run directory into the session."""
-        last = self.run.last_checkpoint()
-        if last is None:
-            raise RunDirError(f"{self.run.path} has no checkpoint to resume from")
-        ckpt = load_checkpoint(last.path, map_location=self.s.device)
-        method = self.s.method
-        try:
-            for name, net in method.nets.items():
-                net.load_state_dict(ckpt["models"][name])
-            method.load_extra_state(ckpt["method_state"])
-            self.s.optimizer.load_state_dict(ckpt["optimizer"])
-            self.s.scheduler.load_state_dict(ckpt["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise RunDirError(
-                f"{last.path} does not match this run's configuration ({err})"
-            ) from None
-        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
-        self.run.truncate_metrics(self.epoch)
+        """Continue from the last checkpoint of the run directory."""
+        self.epoch, self.step = restore_checkpoint(self.run, self.s)
 
     # ---- loop -------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -431,10 +208,10 @@ def train(
         )
     session = build_session(cfg)
     if run.path.exists() and overwrite:
-        _clear_run(run)
+        clear_run(run)
     trainer = Trainer(session, run, progress, max_batches)
     run.path.mkdir(parents=True, exist_ok=True)
-    run.write_info(trainer.run_info(command))
+    run.write_info(describe_run(session, command))
     return run, trainer.fit()
 
 
@@ -460,15 +237,4 @@ def resume(
     return run, trainer.fit()
 
 
-def _clear_run(run: RunDir) -> None:
-    """Remove what a previous run wrote, its analyses included (they describe the old weights);
-    unknown files are left alone."""
-    for ckpt in run.checkpoints():
-        ckpt.path.unlink(missing_ok=True)
-        ckpt.path.with_suffix(".json").unlink(missing_ok=True)
-    run.metrics_path.unlink(missing_ok=True)
-    run.run_json.unlink(missing_ok=True)
-    shutil.rmtree(run.path / "analysis", ignore_errors=True)
-
-
-__all__ = ["Session", "Trainer", "TrainingDiverged", "build_session", "evaluate", "resume", "train"]
+__all__ = ["Trainer", "TrainingDiverged", "epoch_rngs", "resume", "train"]

@@ -35,8 +35,9 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor, nn
 
-from landscape.curvature.eigenvalues import hessian_trace, top_eigenvalues
+from landscape.curvature.eigenvalues import top_eigenvalues
 from landscape.curvature.products import HessianOperator
+from landscape.curvature.trace import hessian_trace
 from okdph.models import create
 
 RESULTS = Path(__file__).parent / "results"

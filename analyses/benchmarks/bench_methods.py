@@ -37,6 +37,7 @@ from okdph.config import apply_overrides
 from okdph.models import create
 from okdph.presets import preset_config
 from okdph.run import RunDir
+from okdph.session import build_session
 
 # name, overrides on the cifar10-resnet32 preset, number of full networks of the baseline
 CASES = [
@@ -83,7 +84,7 @@ def build_loop(overrides: list[str], root: Path, args: argparse.Namespace, work:
         ],
     )
     run = RunDir(work / "_".join(o.replace("=", "-") for o in overrides))
-    return trainer.Trainer(trainer.build_session(cfg), run, progress=False)
+    return trainer.Trainer(build_session(cfg), run, progress=False)
 
 
 def time_epochs(loops: dict, args: argparse.Namespace) -> dict[str, list[float]]:

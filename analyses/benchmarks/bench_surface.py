@@ -56,9 +56,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from landscape.geometry.batchnorm import recalibrate
+from landscape.geometry.directions import random_direction
 from landscape.geometry.evaluate import Evaluator
 from landscape.geometry.surface import grid_coordinates, surface
-from landscape.geometry.weights import as_state, parameter_names, random_direction
+from landscape.geometry.weights import as_state, parameter_names
 from okdph.models import create
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -27,7 +27,8 @@ import torch
 from okdph.config import apply_overrides
 from okdph.presets import preset_config
 from okdph.run import RunDir
-from okdph.trainer import Trainer, build_session
+from okdph.session import build_session
+from okdph.trainer import Trainer
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,1 +1,4 @@
-"""Conventions every layer shares: errors, devices, batches, parameter selection, progress, result records."""
+"""Conventions every engine shares: errors, device, data batches, parameter selection, results.
+
+Nothing here computes geometry. ``core`` imports nothing else from ``landscape``.
+"""

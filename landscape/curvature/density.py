@@ -15,14 +15,34 @@ Ghorbani, Krishnan and Xiao, 2019):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import nn
+
+from landscape.core.batches import Batch
+from landscape.core.distributed import is_rank0
+from landscape.core.errors import LandscapeError
+from landscape.core.progress import progress
+from landscape.core.records import ResultMixin
+from landscape.curvature.lanczos import lanczos_quadrature
+from landscape.curvature.products import (
+    HessianOperator,
+    LossFn,
+    ProblemInfo,
+    as_operator,
+    rademacher,
+    seeded_generator,
+)
 
 #: Grid margin beyond the extreme nodes, in widths: the Gaussian mass left outside is below 1e-9.
 MARGIN_SIGMAS = 6.0
 #: Grid points per width, so that the trapezoid rule integrates each Gaussian accurately.
 POINTS_PER_SIGMA = 5
+#: Memory the Lanczos bases of one SLQ block may take; more runs are done in several blocks.
+SLQ_BASIS_BYTES = 2 * 2**30
 
 
 def default_sigma(nodes: Sequence[np.ndarray], n_steps: int) -> float:
@@ -84,4 +104,121 @@ def quadrature_moment(nodes: Sequence[np.ndarray], weights: Sequence[np.ndarray]
                 for theta, tau in zip(nodes, weights, strict=True)
             ]
         )
+    )
+
+
+@dataclass(frozen=True)
+class Density(ResultMixin):
+    """Eigenvalue density of the Hessian from :func:`spectral_density`.
+
+    Attributes:
+        grid: eigenvalues at which the density is evaluated (evenly spaced).
+        density: the Gaussian-smoothed density on ``grid`` (1 / eigenvalue units, integral 1).
+        sigma: the Gaussian width (eigenvalue units).
+        sigma_rule: ``"range/n_steps"`` (see :func:`landscape.curvature.density.default_sigma`) or
+            ``"given"``.
+        nodes: per run, the quadrature nodes (Ritz values), increasing.
+        weights: per run, the squared first components of the Ritz vectors (sum 1).
+        n_hvp: Hessian-vector products used.
+        n_runs, n_steps, seed: the settings used.
+        problem: the Hessian analysed.
+    """
+
+    grid: np.ndarray
+    density: np.ndarray
+    sigma: float
+    sigma_rule: str
+    nodes: tuple[np.ndarray, ...]
+    weights: tuple[np.ndarray, ...]
+    n_hvp: int
+    n_runs: int
+    n_steps: int
+    seed: int
+    problem: ProblemInfo
+
+    def moment(self, p: int) -> float:
+        """The SLQ estimate of ``tr(H^p) / n_params``."""
+        return quadrature_moment(self.nodes, self.weights, p)
+
+
+def spectral_density(
+    model: nn.Module | HessianOperator,
+    loss_fn: LossFn | None = None,
+    data: Iterable[Batch] | None = None,
+    n_runs: int = 10,
+    n_steps: int = 80,
+    *,
+    sigma: float | None = None,
+    n_grid: int | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    distributed: bool | None = None,
+    show_progress: bool = True,
+) -> Density:
+    """Eigenvalue density of the Hessian by stochastic Lanczos quadrature (SLQ).
+
+    ``n_runs`` Lanczos runs of ``n_steps`` fully reorthogonalised steps from Rademacher start
+    vectors (seeded), advanced together so that each step is one data pass for all runs (several
+    passes when their bases would exceed ``SLQ_BASIS_BYTES``). Each run's quadrature nodes are its
+    Ritz values and its weights the squared first components of its Ritz vectors; the density is
+    their Gaussian-broadened average (:mod:`landscape.curvature.density`).
+
+    Args:
+        model, loss_fn, data, include, exclude, device, dtype, distributed: as for
+            :func:`~landscape.curvature.eigenvalues.top_eigenvalues`.
+        n_runs: start vectors.
+        n_steps: Lanczos steps per run (capped at the number of parameters).
+        sigma: Gaussian width in eigenvalue units (default: node range over ``n_steps``).
+        n_grid: grid points (default: 5 per width, clipped to [1000, 100000]).
+        seed: seed of the start vectors.
+        show_progress: show a progress bar on stderr (rank 0 only when distributed).
+
+    Returns:
+        A :class:`Density`.
+    """
+    if n_runs < 1 or n_steps < 1:
+        raise LandscapeError("n_runs and n_steps must be at least 1")
+    if sigma is not None and not sigma > 0:
+        raise LandscapeError(f"sigma must be positive, got {sigma}")
+    op = as_operator(
+        model,
+        loss_fn,
+        data,
+        include=include,
+        exclude=exclude,
+        device=device,
+        dtype=dtype,
+        distributed=distributed,
+    )
+    used, steps = op.n_hvp, min(n_steps, op.n)
+    item = torch.finfo(op.dtype).bits // 8
+    per_block = max(1, min(n_runs, SLQ_BASIS_BYTES // (steps * op.n * item)))
+    gen = seeded_generator(seed)
+    rules: list[tuple[np.ndarray, np.ndarray]] = []
+    with progress(total=n_runs * steps, desc="slq", enable=show_progress and is_rank0()) as bar:
+        for first in range(0, n_runs, per_block):
+            starts = rademacher((min(per_block, n_runs - first), op.n), gen, op.dtype, op.device)
+            done = bar.n
+            rules += lanczos_quadrature(
+                op.matmat, starts, steps, on_step=lambda n, done=done: bar.update(done + n - bar.n)
+            )
+    nodes = tuple(theta for theta, _ in rules)
+    weights = tuple(tau for _, tau in rules)
+    width = float(sigma) if sigma is not None else default_sigma(nodes, steps)
+    grid = density_grid(nodes, width, n_grid)
+    return Density(
+        grid=grid,
+        density=broaden(nodes, weights, width, grid),
+        sigma=width,
+        sigma_rule="given" if sigma is not None else "range/n_steps",
+        nodes=nodes,
+        weights=weights,
+        n_hvp=op.n_hvp - used,
+        n_runs=n_runs,
+        n_steps=steps,
+        seed=seed,
+        problem=op.info,
     )

@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,15 +36,11 @@ from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
-from landscape.core.common import (
-    Batch,
-    LandscapeError,
-    ResultMixin,
-    materialize,
-    num_samples,
-    resolve_device,
-    select_parameters,
-)
+from landscape.core.batches import Batch, materialize, num_samples
+from landscape.core.device import resolve_device
+from landscape.core.errors import LandscapeError
+from landscape.core.records import ResultMixin
+from landscape.core.selection import select_parameters
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 METHODS = ("auto", "reverse", "forward")
@@ -384,3 +381,28 @@ def gaussian(
 ) -> Tensor:
     """Standard normal entries drawn on the CPU from ``generator`` (identical on every device)."""
     return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype).to(device)
+
+
+def as_operator(
+    model: nn.Module | HessianOperator,
+    loss_fn: LossFn | None,
+    data: Iterable[Batch] | None,
+    **kwargs: Any,
+) -> HessianOperator:
+    """``model`` itself when it is a :class:`HessianOperator`, else one built from
+    ``(model, loss_fn, data)`` with ``kwargs``; mixing the two forms is an error."""
+    if isinstance(model, HessianOperator):
+        if loss_fn is not None or data is not None:
+            raise LandscapeError(
+                "pass either a HessianOperator or (model, loss_fn, data), not both"
+            )
+        return model
+    if loss_fn is None or data is None:
+        raise LandscapeError("loss_fn and data are required when model is a network")
+    return HessianOperator(model, loss_fn, data, **kwargs)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed``: probes are drawn on the CPU so that a seed gives the
+    same vectors on every device."""
+    return torch.Generator(device="cpu").manual_seed(int(seed))

@@ -29,15 +29,27 @@ estimate (with at least ``min_probes`` probes), or when the product budget is sp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from landscape.core.batches import Batch
+from landscape.core.distributed import is_rank0
+from landscape.core.errors import LandscapeError
+from landscape.core.progress import progress
+from landscape.core.records import ResultMixin
 from landscape.curvature.lanczos import breakdown_level
-from landscape.curvature.products import rademacher
+from landscape.curvature.products import (
+    HessianOperator,
+    LossFn,
+    ProblemInfo,
+    as_operator,
+    rademacher,
+    seeded_generator,
+)
 
 MatMat = Callable[[Tensor], Tensor]
 
@@ -223,4 +235,125 @@ def hutchpp(
         sketch_size=len(q),
         low_rank=stages[-1][0],
         converged=_reached(value, stderr, probes, rtol, min_probes),
+    )
+
+
+@dataclass(frozen=True)
+class Trace(ResultMixin):
+    """The Hessian trace from :func:`hessian_trace`.
+
+    Attributes:
+        value: the estimate of ``tr(H)``.
+        stderr: its standard error. Hutchinson: the sample standard deviation of the probes
+            ``z^T H z`` over the square root of their number. Hutch++: the part of the trace in
+            the sketched subspace is computed exactly and only the probes of the remainder are
+            random, so this is the standard error of the remainder's estimate (combined over the
+            successive sketches with inverse-variance weights). Both estimators are unbiased;
+            ``value +- 2 stderr`` is an approximate 95% interval.
+        n_hvp: Hessian-vector products used (sketch included).
+        method: ``"hutch++"`` or ``"hutchinson"``.
+        rtol: requested relative standard error.
+        converged: ``stderr <= rtol * |value|`` was reached within ``max_hvp``.
+        n_probes: Hutchinson probes behind ``value``.
+        sketch_size: rank of the exact low-rank part (Hutch++; 0 when deflation would not pay).
+        low_rank: its trace ``tr(Q^T H Q)``.
+        max_hvp, seed: the settings used.
+        problem: the Hessian analysed.
+    """
+
+    value: float
+    stderr: float
+    n_hvp: int
+    method: str
+    rtol: float
+    converged: bool
+    n_probes: int
+    sketch_size: int
+    low_rank: float
+    max_hvp: int
+    seed: int
+    problem: ProblemInfo
+
+
+def hessian_trace(
+    model: nn.Module | HessianOperator,
+    loss_fn: LossFn | None = None,
+    data: Iterable[Batch] | None = None,
+    method: str = "hutch++",
+    rtol: float = 1e-2,
+    *,
+    max_hvp: int = 1000,
+    block: int = 10,
+    min_probes: int = 10,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    distributed: bool | None = None,
+    show_progress: bool = True,
+) -> Trace:
+    """The Hessian trace by adaptive Hutch++ (default) or Hutchinson, to a relative standard error.
+
+    Probes are Rademacher vectors from a generator seeded with ``seed``, ``block`` of them per data
+    pass. Estimation stops at the first block where the standard error is at most ``rtol`` times
+    the estimate (after at least ``min_probes`` probes) or when ``max_hvp`` products are spent.
+    See :mod:`landscape.curvature.trace` for the estimators and :class:`Trace` for what ``stderr`` means.
+
+    Args:
+        model, loss_fn, data, include, exclude, device, dtype, distributed: as for
+            :func:`~landscape.curvature.eigenvalues.top_eigenvalues`.
+        method: ``"hutch++"`` or ``"hutchinson"``.
+        rtol: target relative standard error (0: spend the whole budget).
+        max_hvp: Hessian-vector product budget.
+        block: probes per data pass.
+        min_probes: fewest probes behind a standard error used to stop.
+        seed: seed of the probes.
+        show_progress: show a progress bar on stderr (rank 0 only when distributed).
+
+    Returns:
+        A :class:`Trace`.
+    """
+    if method not in ("hutch++", "hutchinson"):
+        raise LandscapeError(f"method must be 'hutch++' or 'hutchinson', not {method!r}")
+    if rtol < 0 or max_hvp < 2 or block < 1:
+        raise LandscapeError("rtol must be non-negative, max_hvp at least 2 and block positive")
+    op = as_operator(
+        model,
+        loss_fn,
+        data,
+        include=include,
+        exclude=exclude,
+        device=device,
+        dtype=dtype,
+        distributed=distributed,
+    )
+    used = op.n_hvp
+    estimator = hutchpp if method == "hutch++" else hutchinson
+    with progress(total=max_hvp, desc=method, enable=show_progress and is_rank0()) as bar:
+        est = estimator(
+            op.matmat,
+            op.n,
+            generator=seeded_generator(seed),
+            dtype=op.dtype,
+            device=op.device,
+            rtol=rtol,
+            max_matvec=max_hvp,
+            block=block,
+            min_probes=min_probes,
+            on_step=lambda n: bar.update(n - bar.n),
+        )
+    return Trace(
+        value=est.value,
+        stderr=est.stderr,
+        n_hvp=op.n_hvp - used,
+        method=method,
+        rtol=rtol,
+        converged=est.converged,
+        n_probes=est.n_probes,
+        sketch_size=est.sketch_size,
+        low_rank=est.low_rank,
+        max_hvp=max_hvp,
+        seed=seed,
+        problem=op.info,
     )

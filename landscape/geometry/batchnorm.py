@@ -26,7 +26,7 @@ from torch import Tensor, fx, nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from landscape.core.common import LandscapeError
+from landscape.core.errors import LandscapeError
 from landscape.geometry.weights import State
 
 BN_POLICIES = ("recalibrate", "interpolate", "keep")
@@ -203,7 +203,7 @@ def axes_for_policy(model: nn.Module, axes: Sequence[State], bn: str) -> list[St
 
     ``"keep"`` and ``"recalibrate"`` move parameters only. ``"interpolate"`` also moves the running
     means and variances, which only directions between models carry (see
-    ``landscape.geometry.weights.direction_between``).
+    ``landscape.geometry.directions.direction_between``).
 
     Raises:
         LandscapeError: for ``"interpolate"`` with directions lacking running statistics.

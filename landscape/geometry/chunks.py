@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape.core.common import LandscapeError, json_safe
+from landscape.core.errors import LandscapeError
+from landscape.core.records import json_safe
 from okdph.run import atomic_write_bytes
 
 FORMAT = 1

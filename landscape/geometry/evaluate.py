@@ -37,7 +37,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from landscape.core.common import Batch, LandscapeError, ResultMixin, materialize, resolve_device
+from landscape.core.batches import Batch, materialize
+from landscape.core.device import resolve_device
+from landscape.core.errors import LandscapeError
+from landscape.core.records import ResultMixin
 from landscape.geometry.batchnorm import fold_plan, fold_state, recalibrate
 from landscape.geometry.weights import State, as_state
 

@@ -10,7 +10,10 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from landscape.core.common import Batch, LandscapeError, ResultMixin, progress
+from landscape.core.batches import Batch
+from landscape.core.errors import LandscapeError
+from landscape.core.progress import progress
+from landscape.core.records import ResultMixin
 from landscape.geometry.batchnorm import check_policy, running_stat_names
 from landscape.geometry.evaluate import EngineSettings, LossFn, evaluator_for_policy
 from landscape.geometry.weights import State, lerp, movable, parameter_names

@@ -26,7 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.core.common import Batch, LandscapeError, ResultMixin, progress
+from landscape.core.batches import Batch
+from landscape.core.errors import LandscapeError
+from landscape.core.progress import progress
+from landscape.core.records import ResultMixin
 from landscape.geometry.batchnorm import check_policy
 from landscape.geometry.evaluate import EngineSettings, Evaluator, LossFn, evaluator_for_policy
 from landscape.geometry.weights import State, combine, norm, parameter_names

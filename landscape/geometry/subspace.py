@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from landscape.core.common import LandscapeError, ResultMixin
+from landscape.core.errors import LandscapeError
+from landscape.core.records import ResultMixin
 from landscape.geometry.weights import State, dot, norm
 
 L2_UNITS = "L2 distance"

@@ -20,19 +20,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.core.common import Batch, LandscapeError, ResultMixin, progress
+from landscape.core.batches import Batch
+from landscape.core.distributed import broadcast, gather, rank_and_world
+from landscape.core.errors import LandscapeError
+from landscape.core.progress import progress
+from landscape.core.records import ResultMixin
 from landscape.geometry.batchnorm import axes_for_policy, check_policy
 from landscape.geometry.chunks import ChunkStore, tensor_digest
-from landscape.geometry.evaluate import EngineSettings, Evaluator, LossFn, evaluator_for_policy
-from landscape.geometry.subspace import Plane, TrajectoryPCA
-from landscape.geometry.weights import (
-    NORMALIZATIONS,
-    State,
-    combine,
-    norm,
-    parameter_names,
-    random_direction,
+from landscape.geometry.directions import resolve_axes
+from landscape.geometry.evaluate import (
+    EngineSettings,
+    Evaluator,
+    LossFn,
+    PointBuilder,
+    evaluator_for_policy,
 )
+from landscape.geometry.subspace import Plane, TrajectoryPCA
+from landscape.geometry.weights import State, combine, norm, parameter_names
 
 Grid = tuple[float, int] | Sequence[Sequence[float]]
 
@@ -116,53 +120,6 @@ class Surface(ResultMixin):
     store: str | None
 
 
-def _axes_and_meta(
-    directions: Any,
-    center: State,
-    names: list[str],
-    dims: int,
-    seed: int | None,
-    normalization: str,
-    include_1d: bool,
-) -> tuple[list[State], str, dict[str, Any]]:
-    if isinstance(directions, str):
-        if directions != "random":
-            raise LandscapeError(
-                f"directions must be 'random', a Plane, a PCA or dicts, not {directions!r}"
-            )
-        if normalization not in NORMALIZATIONS:
-            raise LandscapeError(f"normalization must be one of {NORMALIZATIONS}")
-        gen = torch.Generator().manual_seed(int(seed if seed is not None else 0))
-        axes = [
-            random_direction(
-                center, names, seed=gen, normalization=normalization, include_1d=include_1d
-            )
-            for _ in range(dims)
-        ]
-        units = {
-            "filter": "filter-normalised direction units",
-            "layer": "layer-normalised direction units",
-            "none": "raw Gaussian direction units",
-        }[normalization]
-        meta = {
-            "kind": "random",
-            "normalization": normalization,
-            "include_1d": include_1d,
-            "seed": int(seed if seed is not None else 0),
-        }
-    elif isinstance(directions, Plane | TrajectoryPCA):
-        axes, units = [dict(a) for a in directions.axes], directions.units
-        meta = {"kind": "plane" if isinstance(directions, Plane) else "pca", **directions.to_dict()}
-    else:
-        given = [directions] if isinstance(directions, Mapping) else list(directions)
-        axes, units = [dict(d) for d in given], "direction units (user-supplied)"
-        meta = {"kind": "given"}
-    unknown = sorted({k for a in axes for k in a} - set(center))
-    if unknown:
-        raise LandscapeError(f"a direction holds names the model lacks: {', '.join(unknown[:3])}")
-    return axes, units, meta
-
-
 def _coordinates(grid: Grid, dims: int) -> list[np.ndarray]:
     if len(grid) == 2 and np.isscalar(grid[0]) and np.isscalar(grid[1]):
         return [grid_coordinates(float(grid[0]), int(grid[1])) for _ in range(dims)]
@@ -170,6 +127,98 @@ def _coordinates(grid: Grid, dims: int) -> list[np.ndarray]:
     if len(coords) != dims or any(c.ndim != 1 or c.size == 0 for c in coords):
         raise LandscapeError(f"grid must be (radius, points) or {dims} coordinate arrays")
     return coords
+
+
+@dataclasses.dataclass(frozen=True)
+class _GridPlan:
+    """The grid flattened in "ij" order and cut into chunks of ``per_chunk`` consecutive points."""
+
+    coords: list[np.ndarray]
+    points: np.ndarray  # (n_points, dims) coordinates
+    center: int | None  # flat index of the origin, if it is on the grid
+    per_chunk: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(c) for c in self.coords)
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(len(self.points) / self.per_chunk)
+
+    def chunk(self, i: int) -> range:
+        return range(i * self.per_chunk, min((i + 1) * self.per_chunk, len(self.points)))
+
+
+def _plan_grid(grid: Grid, dims: int, chunk_points: int | None) -> _GridPlan:
+    coords = _coordinates(grid, dims)
+    points = np.stack([g.reshape(-1) for g in np.meshgrid(*coords, indexing="ij")], axis=1)
+    zero = np.flatnonzero(np.all(points == 0.0, axis=1))
+    per_chunk = int(chunk_points or len(coords[-1]))
+    return _GridPlan(coords, points, int(zero[0]) if zero.size else None, per_chunk)
+
+
+def _open_store(
+    store: str | os.PathLike | None, fingerprint: Callable[[], dict[str, Any]], n_chunks: int
+) -> tuple[ChunkStore | None, dict[int, dict[str, np.ndarray]]]:
+    """Rank 0 opens (or creates) the store; every rank learns which chunks it already holds."""
+    rank, world = rank_and_world()
+    chunk_store, done, refused = None, {}, None
+    if store is not None and rank == 0:
+        try:
+            chunk_store = ChunkStore(store, fingerprint(), n_chunks)
+            done = {i: chunk_store.load(i) for i in chunk_store.completed()}
+        except LandscapeError as err:
+            refused = str(err)
+    # Every rank learns what is stored, or that the store was refused (none may wait forever).
+    done, refused = broadcast((done, refused), world)
+    if refused is not None:
+        raise LandscapeError(refused)
+    return chunk_store, done
+
+
+def _evaluate_chunks(
+    ev: Evaluator,
+    plan: _GridPlan,
+    point: PointBuilder,
+    bn: str,
+    done: dict[int, dict[str, np.ndarray]],
+    chunk_store: ChunkStore | None,
+    *,
+    show_progress: bool,
+    callback: Callable[[int, int], None] | None,
+) -> int:
+    """Evaluate the chunks not in ``done``, adding them to it (and to the store); the points done.
+
+    Under ``torch.distributed`` the ranks take consecutive chunks in turn and gather each round.
+    """
+    rank, world = rank_and_world()
+    todo = [i for i in range(plan.n_chunks) if i not in done]
+    n_points = sum(len(plan.chunk(i)) for i in todo)
+    bar = progress(total=n_points, desc="surface", enable=show_progress and rank == 0)
+    try:
+        for start in range(0, len(todo), world):
+            result = None
+            if start + rank < len(todo):
+                mine = todo[start + rank]
+                loss, acc = ev.evaluate_points(
+                    plan.chunk(mine), point, bn, bar if world == 1 else None
+                )
+                result = (mine, {"loss": loss, "accuracy": acc})
+            for item in gather(result, world):
+                if item is None:
+                    continue
+                i, arrays = item
+                if chunk_store is not None:
+                    chunk_store.save(i, arrays)
+                done[i] = arrays
+                if world > 1:
+                    bar.update(len(arrays["loss"]))
+            if callback is not None:
+                callback(len(done), plan.n_chunks)
+    finally:
+        bar.close()
+    return n_points
 
 
 def surface(
@@ -215,7 +264,7 @@ def surface(
             checkpoint it is) or ``"policy"`` (the centre follows ``bn`` like every other point).
         loss_fn: batch-mean loss (default cross-entropy).
         seed: seed of the random directions.
-        normalization, include_1d: see ``landscape.geometry.weights.normalize_direction``.
+        normalization, include_1d: see ``landscape.geometry.directions.normalize_direction``.
         include, exclude: glob filters on parameter names (per-layer surfaces).
         store: directory of a resumable chunk store (optional).
         chunk_points: points per stored chunk (default: one row of the grid).
@@ -235,14 +284,16 @@ def surface(
     check_policy(bn)
     if bn_center not in ("own", "policy"):
         raise LandscapeError(f"bn_center must be 'own' or 'policy', not {bn_center!r}")
+    if isinstance(directions, str) and dims not in (1, 2, 3):
+        raise LandscapeError(f"dims must be 1, 2 or 3, not {dims}")
     if center is None and isinstance(directions, Plane | TrajectoryPCA):
         center = directions.origin
     ev = evaluator_for_policy(model, data, bn, bn_data, loss_fn, **engine)
     c_state = ev.state(center)
+
+    # The axes, on the centre's device and dtype, holding what the BatchNorm policy moves.
     names = parameter_names(ev.module, include, exclude)
-    if isinstance(directions, str) and dims not in (1, 2, 3):
-        raise LandscapeError(f"dims must be 1, 2 or 3, not {dims}")
-    axes, units, meta = _axes_and_meta(
+    axes, units, meta = resolve_axes(
         directions, c_state, names, dims, seed, normalization, include_1d
     )
     axes = axes_for_policy(
@@ -250,83 +301,52 @@ def surface(
     )
     all_params = {n for n, _ in ev.module.named_parameters()}
     meta["norms"] = [norm(a, [k for k in a if k in all_params]) for a in axes]
-    coords = _coordinates(grid, len(axes))
-    shape = tuple(len(c) for c in coords)
-    flat = np.stack([g.reshape(-1) for g in np.meshgrid(*coords, indexing="ij")], axis=1)
-    zero = np.flatnonzero(np.all(flat == 0.0, axis=1))
-    center_flat = int(zero[0]) if zero.size else None
-
-    def point(k: int) -> tuple[State, bool]:
-        if k == center_flat and bn_center == "own":
-            return c_state, False
-        return combine(c_state, zip(flat[k].tolist(), axes, strict=True)), True
-
-    per_chunk = int(chunk_points or shape[-1])
-    n_chunks = math.ceil(len(flat) / per_chunk)
     moved = tuple(
         sorted({k for a in axes for k, v in a.items() if k in all_params and bool(v.any())})
     )
-    loss = np.full(len(flat), np.nan)
-    acc = np.full(len(flat), np.nan)
-    done: dict[int, dict[str, np.ndarray]] = {}
-    chunk_store, refused = None, None
-    rank, world = _dist_rank_world()
-    if store is not None and rank == 0:
-        try:
-            fingerprint = _fingerprint(ev, c_state, axes, coords, bn, bn_center, per_chunk)
-            chunk_store = ChunkStore(store, fingerprint, n_chunks)
-            done = {i: chunk_store.load(i) for i in chunk_store.completed()}
-        except LandscapeError as err:
-            refused = str(err)
-    # Every rank learns what is stored, or that the store was refused (none may wait forever).
-    done, refused = _broadcast((done, refused), world)
-    if refused is not None:
-        raise LandscapeError(refused)
-    for i, arrays in done.items():
-        loss[i * per_chunk : i * per_chunk + len(arrays["loss"])] = arrays["loss"]
-        acc[i * per_chunk : i * per_chunk + len(arrays["loss"])] = arrays["accuracy"]
-    todo = [i for i in range(n_chunks) if i not in done]
-    n_todo_points = sum(min(per_chunk, len(flat) - i * per_chunk) for i in todo)
-    bar = progress(total=n_todo_points, desc="surface", enable=show_progress and rank == 0)
-    try:
-        for start in range(0, len(todo), world):
-            mine = todo[start + rank] if start + rank < len(todo) else None
-            result = None
-            if mine is not None:
-                idx = range(mine * per_chunk, min((mine + 1) * per_chunk, len(flat)))
-                l_chunk, a_chunk = ev.evaluate_points(idx, point, bn, bar if world == 1 else None)
-                result = (mine, {"loss": l_chunk, "accuracy": a_chunk})
-            for item in _gather(result, world):
-                if item is None:
-                    continue
-                i, arrays = item
-                lo = i * per_chunk
-                loss[lo : lo + len(arrays["loss"])] = arrays["loss"]
-                acc[lo : lo + len(arrays["loss"])] = arrays["accuracy"]
-                if chunk_store is not None:
-                    chunk_store.save(i, arrays)
-                done[i] = arrays
-                if world > 1:
-                    bar.update(len(arrays["loss"]))
-            if callback is not None:
-                callback(len(done), n_chunks)
-    finally:
-        bar.close()
-    if center_flat is not None and bn_center == "own":
-        c_loss, c_acc = float(loss[center_flat]), float(acc[center_flat])
+
+    plan = _plan_grid(grid, len(axes), chunk_points)
+
+    def point(k: int) -> tuple[State, bool]:
+        if k == plan.center and bn_center == "own":
+            return c_state, False
+        return combine(c_state, zip(plan.points[k].tolist(), axes, strict=True)), True
+
+    chunk_store, done = _open_store(
+        store,
+        lambda: _fingerprint(ev, c_state, axes, plan.coords, bn, bn_center, plan.per_chunk),
+        plan.n_chunks,
+    )
+    n_resumed = sum(len(plan.chunk(i)) for i in done)
+    n_computed = _evaluate_chunks(
+        ev,
+        plan,
+        point,
+        bn,
+        done,
+        chunk_store,
+        show_progress=show_progress,
+        callback=callback,
+    )
+
+    loss = np.concatenate([done[i]["loss"] for i in range(plan.n_chunks)])
+    acc = np.concatenate([done[i]["accuracy"] for i in range(plan.n_chunks)])
+    if plan.center is not None and bn_center == "own":
+        c_loss, c_acc = float(loss[plan.center]), float(acc[plan.center])
     else:
         c_loss, c_acc = ev.evaluate_one(c_state)
     mask = ~np.isfinite(loss)
+    shape = plan.shape
     return Surface(
-        coordinates=tuple(coords),
+        coordinates=tuple(plan.coords),
         loss=loss.reshape(shape),
         accuracy=acc.reshape(shape),
         nonfinite=mask.reshape(shape),
         n_nonfinite=int(mask.sum()),
         center_loss=c_loss,
         center_accuracy=c_acc,
-        center_index=tuple(int(i) for i in np.unravel_index(center_flat, shape))
-        if center_flat is not None
+        center_index=tuple(int(i) for i in np.unravel_index(plan.center, shape))
+        if plan.center is not None
         else None,
         units=units,
         directions=meta,
@@ -336,8 +356,8 @@ def surface(
         n_samples=ev.n_samples,
         n_bn_samples=ev.settings.n_bn_samples,
         engine=ev.settings,
-        n_computed=n_todo_points,
-        n_resumed=len(flat) - n_todo_points,
+        n_computed=n_computed,
+        n_resumed=n_resumed,
         seconds=time.perf_counter() - started,
         store=str(store) if store is not None else None,
     )
@@ -385,26 +405,3 @@ def _fingerprint(
         "bf16": ev.bf16,
         "chunk_points": per_chunk,
     }
-
-
-def _dist_rank_world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _broadcast(obj: Any, world: int) -> Any:
-    if world == 1:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _gather(obj: Any, world: int) -> list[Any]:
-    if world == 1:
-        return [obj]
-    out: list[Any] = [None] * world
-    torch.distributed.all_gather_object(out, obj)
-    return out

@@ -21,9 +21,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from landscape.core.common import LandscapeError, progress
+from landscape.core.distributed import broadcast, rank_and_world
+from landscape.core.errors import LandscapeError
+from landscape.core.progress import progress
 from landscape.pipeline.runs import Run
 from landscape.pipeline.steps import (
     ANALYSES,
@@ -33,7 +33,6 @@ from landscape.pipeline.steps import (
     interpolation_record,
     plane_record,
     random_surface_record,
-    rank_and_world,
     sharpness_record,
     trajectory_record,
 )
@@ -211,10 +210,7 @@ def run_pieces(
     records, computed = {}, 0
     rank, world = rank_and_world()
     missing = [p.key for p, fp in pieces if store.get(p.key, fp) is None] if rank == 0 else None
-    if world > 1:
-        box = [missing]
-        torch.distributed.broadcast_object_list(box, src=0)
-        missing = box[0]
+    missing = broadcast(missing, world)
     todo = [(p, fp) for p, fp in pieces if p.key in set(missing)]
     done = {p.key for p, _ in pieces} - set(missing)
     for piece, fp in pieces:

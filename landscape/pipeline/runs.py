@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from landscape.core.common import LandscapeError
+from landscape.core.errors import LandscapeError
 
 _OURS = re.compile(r"^epoch_(\d+)\.pt$")
 _REFERENCE = re.compile(r"^net(\d+)_(\d+)ep\.pkl$")

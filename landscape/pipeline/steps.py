@@ -24,14 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from landscape.core.common import LandscapeError, resolve_device
-from landscape.curvature.eigenvalues import hessian_trace, spectral_density, top_eigenvalues
+from landscape.core.device import resolve_device
+from landscape.core.distributed import rank_and_world
+from landscape.core.errors import LandscapeError
+from landscape.curvature.density import spectral_density
+from landscape.curvature.eigenvalues import top_eigenvalues
+from landscape.curvature.trace import hessian_trace
 from landscape.geometry.batchnorm import batchnorm_layers, recalibrate, running_stat_names
+from landscape.geometry.directions import random_direction
 from landscape.geometry.interpolate import interpolate
 from landscape.geometry.sharpness import sharpness
 from landscape.geometry.subspace import pca_trajectory, plane_through
 from landscape.geometry.surface import grid_coordinates, plane_grid, span_coordinates, surface
-from landscape.geometry.weights import parameter_names, random_direction
+from landscape.geometry.weights import parameter_names
 from landscape.pipeline.runs import Checkpoint, Run
 from landscape.pipeline.store import file_digest
 
@@ -79,14 +84,6 @@ class AnalyzeSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of ranks (``(0, 1)`` without torch.distributed)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _batches(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from landscape.core.common import json_safe
+from landscape.core.records import json_safe
 from okdph.run import atomic_write_bytes
 
 

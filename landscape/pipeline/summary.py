@@ -1,4 +1,8 @@
-"""From stored piece records to ``summary.json``, figures, the HTML report and the stdout table."""
+"""From stored piece records to ``summary.json``, figure files, the HTML report and the stdout table.
+
+Which figures a summary gets, and in which report sections, is decided in
+:mod:`landscape.report.sections`; this module only writes them.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import plotly.graph_objects as go
-
 from landscape.pipeline.runs import Run
 from landscape.pipeline.store import atomic_write_json
-from landscape.report import figures as plots
 from landscape.report.html import ExportUnavailable, export_figures, write_report
-
-TABLE_COLUMNS = [
-    ("member", "member"),
-    ("lambda_max", "\u03bb max"),
-    ("lambda_min", "\u03bb min"),
-    ("trace", "trace"),
-    ("trace_stderr", "trace s.e."),
-    ("sharpness_average", "adaptive sharpness (avg)"),
-    ("sharpness_worst", "adaptive sharpness (worst)"),
-    ("train_loss", "train loss (subset)"),
-    ("test_acc", "test accuracy"),
-]
+from landscape.report.sections import build_sections
 
 
 def _epoch_of(key: str) -> int | None:
@@ -127,101 +117,13 @@ def build_summary(
     }
 
 
-def _per_member(records: Mapping[str, Any], tag: str, analysis: str) -> dict[str, Any]:
-    """``{member: record}`` of one analysis at one epoch (keys ``tag/member/analysis``)."""
-    return {
-        k.split("/")[1]: r
-        for k, r in records.items()
-        if k.startswith(tag) and k.endswith(f"/{analysis}")
-    }
-
-
-def build_figures(summary: Mapping[str, Any]) -> list[tuple[str, str, list[tuple[str, go.Figure]]]]:
-    """Report sections ``(heading, text, [(file stem, figure), ...])`` from a summary."""
-    records = summary["records"]
-    sections: list[tuple[str, str, list[tuple[str, go.Figure]]]] = []
-    for epoch in summary["epochs"]:
-        tag = f"epoch_{epoch:04d}"
-        rows = summary["flatness"][str(epoch)]
-        figs: list[tuple[str, go.Figure]] = [
-            (f"flatness_{tag}", plots.flatness_table(rows, TABLE_COLUMNS))
-        ]
-        spectra = _per_member(records, tag, "eigen")
-        if spectra:
-            figs.append((f"spectrum_{tag}", plots.spectrum_figure(spectra)))
-        dens = _per_member(records, tag, "density")
-        if dens:
-            figs.append((f"density_{tag}", plots.density_figure(dens)))
-        sections.append(
-            (
-                f"Curvature at epoch {epoch}",
-                "Extreme Hessian eigenvalues (with certified error bars), trace (Hutch++) and "
-                "spectral density (stochastic Lanczos quadrature) of the mean training loss; "
-                "adaptive sharpness as the loss increase in an L2 ball scaled by |w|.",
-                figs,
-            )
-        )
-        curves = [r for k, r in records.items() if k.startswith(f"{tag}/interp/")]
-        if curves:
-            sections.append(
-                (
-                    f"Interpolation at epoch {epoch}",
-                    "Loss and accuracy on straight lines between members; the barrier is the "
-                    "highest loss between the ends minus the mean of the two end losses.",
-                    [(f"interp_{tag}", plots.curves_figure(curves))],
-                )
-            )
-        planes = [r for k, r in records.items() if k.startswith(f"{tag}/plane/")]
-        for rec in planes:
-            sections.append(
-                (
-                    f"Plane at epoch {epoch}",
-                    rec.get("kind", ""),
-                    [
-                        (f"plane_{tag}", plots.surface_figure(rec, kind="contour")),
-                        (f"plane3d_{tag}", plots.surface_figure(rec, kind="surface3d")),
-                    ],
-                )
-            )
-        randoms = [
-            (k, r) for k, r in records.items() if k.startswith(tag) and k.endswith("/surface")
-        ]
-        if randoms:
-            sections.append(
-                (
-                    f"Random 2D surfaces at epoch {epoch}",
-                    "Filter-normalised Gaussian directions (Li et al. 2018), biases and "
-                    "BatchNorm parameters fixed; the same seed for every member.",
-                    [
-                        (f"surface_{tag}_{k.split('/')[1]}", plots.surface_figure(r))
-                        for k, r in randoms
-                    ],
-                )
-            )
-    for key, rec in records.items():
-        if key.startswith("trajectory/"):
-            sections.append(
-                (
-                    "Training trajectories",
-                    "Surface on the plane of the first two principal components of the "
-                    "students' checkpoints (computed through their Gram matrix), centred on the "
-                    "final hybrid when there is one; trajectories projected onto it.",
-                    [
-                        ("trajectory", plots.surface_figure(rec, kind="contour")),
-                        ("trajectory3d", plots.surface_figure(rec, kind="surface3d")),
-                    ],
-                )
-            )
-    return sections
-
-
 def write_outputs(
     summary: dict[str, Any], out: Path, formats: Sequence[str]
 ) -> tuple[Path | None, str | None]:
     """Write summary.json, figure files and report.html; returns the report path and a message
     when static export was asked for but is unavailable."""
     atomic_write_json(out / "summary.json", summary)
-    sections = build_figures(summary)
+    sections = build_sections(summary)
     figures = {stem: fig for _, _, figs in sections for stem, fig in figs}
     report = None
     if "json" in formats:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from landscape.core.common import LandscapeError
+from landscape.core.errors import LandscapeError
 from landscape.pipeline.runs import open_run
 
 ARCH = {"name": "cnn_digits", "kwargs": {"num_classes": 10, "width": 4}}

@@ -7,7 +7,7 @@ import torch
 from geometry_cases import TinyConvNet, image_batches, randomize_bn, tiny_convnet
 from torch import nn
 
-from landscape.core.common import LandscapeError
+from landscape.core.errors import LandscapeError
 from landscape.geometry.batchnorm import (
     axes_for_policy,
     batchnorm_layers,
@@ -17,12 +17,8 @@ from landscape.geometry.batchnorm import (
     recalibrate,
     running_stat_names,
 )
-from landscape.geometry.weights import (
-    as_state,
-    direction_between,
-    parameter_names,
-    random_direction,
-)
+from landscape.geometry.directions import direction_between, random_direction
+from landscape.geometry.weights import as_state, parameter_names
 from okdph.models import create
 
 

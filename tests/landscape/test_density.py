@@ -17,9 +17,8 @@ from curvature_cases import (
     tiny_problem,
 )
 
-from landscape.core.common import LandscapeError
-from landscape.curvature.density import broaden, default_sigma, density_grid
-from landscape.curvature.eigenvalues import spectral_density
+from landscape.core.errors import LandscapeError
+from landscape.curvature.density import broaden, default_sigma, density_grid, spectral_density
 from landscape.curvature.lanczos import lanczos_quadrature
 from landscape.curvature.products import rademacher
 

@@ -16,7 +16,7 @@ from curvature_cases import (
     tiny_problem,
 )
 
-from landscape.core.common import LandscapeError
+from landscape.core.errors import LandscapeError
 from landscape.curvature.eigenvalues import top_eigenvalues
 from landscape.curvature.lanczos import error_bounds, extreme_eigenpairs
 

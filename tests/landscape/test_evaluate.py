@@ -8,8 +8,9 @@ import torch
 from geometry_cases import image_batches, plain_eval, randomize_bn, tiny_convnet
 from torch import nn
 
+from landscape.geometry.directions import random_direction
 from landscape.geometry.evaluate import Evaluator, evaluate
-from landscape.geometry.weights import as_state, combine, parameter_names, random_direction
+from landscape.geometry.weights import as_state, combine, parameter_names
 from okdph.models import create
 
 

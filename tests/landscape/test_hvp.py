@@ -10,7 +10,7 @@ from curvature_cases import DTYPE, dense_hessian, tiny_problem
 from torch import nn
 
 import landscape.curvature.products as hvp_module
-from landscape.core.common import LandscapeError
+from landscape.core.errors import LandscapeError
 from landscape.curvature.eigenvalues import top_eigenvalues
 from landscape.curvature.products import HessianOperator
 

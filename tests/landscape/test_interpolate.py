@@ -12,7 +12,7 @@ from geometry_cases import (
     tiny_convnet,
 )
 
-from landscape.core.common import LandscapeError
+from landscape.core.errors import LandscapeError
 from landscape.geometry.batchnorm import recalibrate
 from landscape.geometry.interpolate import barrier_height, interpolate
 from landscape.geometry.weights import as_state, lerp

@@ -7,20 +7,22 @@ import pytest
 import torch
 from geometry_cases import tiny_convnet
 
-from landscape.core.common import LandscapeError
+from landscape.core.errors import LandscapeError
+from landscape.geometry.directions import (
+    direction_between,
+    filter_norms,
+    normalize_direction,
+    random_direction,
+)
 from landscape.geometry.subspace import pca_trajectory, plane_through
 from landscape.geometry.weights import (
     as_state,
     buffer_names,
     combine,
-    direction_between,
     dot,
-    filter_norms,
     lerp,
     norm,
-    normalize_direction,
     parameter_names,
-    random_direction,
 )
 from okdph.models import create
 

@@ -12,7 +12,7 @@ from geometry_cases import (
     tiny_convnet,
 )
 
-from landscape.core.common import LandscapeError
+from landscape.core.errors import LandscapeError
 from landscape.geometry.sharpness import sharpness
 
 

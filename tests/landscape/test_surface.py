@@ -17,10 +17,12 @@ from geometry_cases import (
 )
 from torch import nn
 
-from landscape.core.common import LandscapeError, json_safe
+from landscape.core.errors import LandscapeError
+from landscape.core.records import json_safe
+from landscape.geometry.directions import random_direction
 from landscape.geometry.subspace import pca_trajectory, plane_through
 from landscape.geometry.surface import grid_coordinates, plane_grid, span_coordinates, surface
-from landscape.geometry.weights import as_state, buffer_names, parameter_names, random_direction
+from landscape.geometry.weights import as_state, buffer_names, parameter_names
 
 
 def test_surface_centre_equals_the_models_own_loss():

@@ -15,9 +15,8 @@ from curvature_cases import (
     tiny_problem,
 )
 
-from landscape.core.common import LandscapeError
-from landscape.curvature.eigenvalues import hessian_trace
-from landscape.curvature.trace import hutchinson, hutchpp
+from landscape.core.errors import LandscapeError
+from landscape.curvature.trace import hessian_trace, hutchinson, hutchpp
 
 CPU = torch.device("cpu")
 

@@ -10,6 +10,7 @@ from okdph import trainer
 from okdph.config import apply_overrides
 from okdph.presets import preset_config
 from okdph.run import RunDir, load_checkpoint
+from okdph.session import build_session, describe_run
 
 FAST = ["epochs=2", "data.train_subset=256", "batch_size=64", "model.width=8"]
 
@@ -70,11 +71,11 @@ def test_resume_gives_identical_weights(tmp_path, preset):
     cfg = _cfg(preset)
     trainer.train(cfg, tmp_path / "straight", progress=False)
 
-    session = trainer.build_session(cfg)
+    session = build_session(cfg)
     run = RunDir(tmp_path / "resumed")
     run.path.mkdir()
     t = trainer.Trainer(session, run, progress=False)
-    run.write_info(t.run_info())
+    run.write_info(describe_run(session))
     t.fit(stop_at=1)
     assert run.read_info()["status"] == "stopped"
     trainer.resume(run.path, progress=False)

@@ -1,0 +1,160 @@
+"""A training session: what a config asks for, built (data, networks, optimiser, schedule, views),
+and the description of it that a run directory records as ``run.json``."""
+
+from __future__ import annotations
+
+import inspect
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+from okdph import models
+from okdph.augment import Pipeline, build_pipeline
+from okdph.config import ConfigError, TrainConfig
+from okdph.data import TensorDataset, load_dataset
+from okdph.methods import Method, build_method
+
+
+@dataclass
+class Session:
+    """Everything a run needs, built from a config: data, networks, optimiser, views."""
+
+    cfg: TrainConfig
+    device: torch.device
+    data: TensorDataset
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    pipelines: list[Pipeline]
+    arch: dict[str, Any]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """CUDA when present, else the CPU; ``name`` forces one (``cpu``, ``cuda``, ``cuda:1``)."""
+    if name in ("auto", "", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was requested but CUDA is not available")
+    return device
+
+
+def model_arguments(cfg: TrainConfig, data: TensorDataset) -> dict[str, Any]:
+    """The model's keyword arguments: the config's, plus what the data implies (classes, shape)."""
+    factory_params = inspect.signature(models.registry.factory(cfg.model)).parameters
+    implied = {"num_classes": data.num_classes}
+    shape = data.input_shape
+    if "input_dim" in factory_params:
+        implied["input_dim"] = int(np.prod(shape))
+    if "length" in factory_params and data.kind == "signal":
+        implied["length"] = shape[-1]
+    if "in_channels" in factory_params and data.kind == "image":
+        implied["in_channels"] = shape[0]
+    return {**implied, **cfg.model_args}
+
+
+def build_session(cfg: TrainConfig) -> Session:
+    """Load the data and build the method, optimiser, schedule and views for ``cfg``."""
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.data, device, **cfg.data_args)
+    kwargs = model_arguments(cfg, data)
+    torch.manual_seed(cfg.seed)
+    method = build_method(
+        cfg.method,
+        cfg.method_args,
+        # Overrides let a method build members that differ from the run's architecture (WML's
+        # pruned heads); the method reports them through member_arch.
+        lambda **overrides: models.create(cfg.model, **{**kwargs, **overrides}),
+        cfg.num_students,
+        cfg.init,
+    ).to(device)
+    if cfg.channels_last:
+        method.to(memory_format=torch.channels_last)
+    specs = list(cfg.augment)
+    if len(specs) == 1:
+        specs = specs * method.num_views
+    if len(specs) != method.num_views:
+        raise ConfigError(
+            f"augment lists {len(specs)} pipelines but {cfg.method} with {cfg.num_students} students "
+            f"needs 1 or {method.num_views} (one per view: {', '.join(method.view_names())})"
+        )
+    pipelines = [build_pipeline(s, data.kind) for s in specs]
+    o = cfg.optim
+    optimizer = torch.optim.SGD(
+        method.parameters(),
+        lr=o.lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        nesterov=o.nesterov,
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, o.milestone_epochs(cfg.epochs), o.lr_decay
+    )
+    return Session(
+        cfg,
+        device,
+        data,
+        method,
+        optimizer,
+        scheduler,
+        pipelines,
+        {"name": cfg.model, "kwargs": kwargs},
+    )
+
+
+def describe_run(s: Session, command: list[str] | None = None) -> dict[str, Any]:
+    """The ``run.json`` of a new run: method, architecture, data, members, views, config and
+    environment, so that the run directory describes itself."""
+    data_info = {
+        "name": s.cfg.data,
+        "kwargs": dict(s.cfg.data_args),
+        "kind": s.data.kind,
+        "num_classes": s.data.num_classes,
+        "input_shape": list(s.data.input_shape),
+        "normalization": {
+            "scale": s.data.scale,
+            "mean": list(s.data.mean),
+            "std": list(s.data.std),
+        },
+        **s.data.meta,
+    }
+    members = {
+        name: {
+            "arch": s.method.member_arch(name, s.arch),
+            "role": "hybrid" if name == "hybrid" else "network",
+        }
+        for name in s.method.checkpoint_states()
+    }
+    return {
+        "method": s.method.describe(),
+        "arch": s.arch,
+        "data": data_info,
+        "members": members,
+        "num_students": s.cfg.num_students,
+        "init": s.cfg.init if s.cfg.init != "auto" else s.method.default_init,
+        "augment": [
+            {"view": v, "pipeline": p.spec} for v, p in zip(s.method.view_names(), s.pipelines)
+        ],
+        "config": s.cfg.to_dict(),
+        "status": "running",
+        "epochs_done": 0,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(s.device),
+            "channels_last": s.cfg.channels_last,
+            "amp": "bfloat16 autocast" if s.cfg.amp else "off",
+        },
+        "command": command or [],
+    }
+
+
+__all__ = ["Session", "build_session", "describe_run", "model_arguments", "resolve_device"]
