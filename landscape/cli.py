@@ -247,8 +247,9 @@ def cmd_interp(args: argparse.Namespace) -> int:
     start, end = _member(run, args.start), _member(run, args.end)
     record = {"run": str(run.path), "epoch": epoch, **interpolation_record(ctx, epoch, start, end)}
     lines = [
-        f"{start} -> {end} at epoch {epoch}: barrier train {record['barrier']['train']:.4g}, "
-        f"test {record['barrier']['test']:.4g}"
+        f"{start} -> {end} at epoch {epoch}: loss barrier train {record['barrier']['train']:.4g}, "
+        f"test {record['barrier']['test']:.4g}; error barrier test "
+        f"{record['error_barrier']['test']:.3f}"
     ]
     _emit(record, args, lines)
     return 0

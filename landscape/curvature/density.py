@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from landscape.core.batches import Batch
+from landscape.core.definitions import definition
 from landscape.core.distributed import is_rank0
 from landscape.core.errors import LandscapeError
 from landscape.core.progress import progress
@@ -122,6 +123,7 @@ class Density(ResultMixin):
         n_hvp: Hessian-vector products used.
         n_runs, n_steps, seed: the settings used.
         problem: the Hessian analysed.
+        definition: the measure's versioned definition (``landscape.core.definitions``).
     """
 
     grid: np.ndarray
@@ -135,6 +137,7 @@ class Density(ResultMixin):
     n_steps: int
     seed: int
     problem: ProblemInfo
+    definition: str = definition("density")
 
     def moment(self, p: int) -> float:
         """The SLQ estimate of ``tr(H^p) / n_params``."""

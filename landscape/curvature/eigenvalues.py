@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.core.batches import Batch
+from landscape.core.definitions import definition
 from landscape.core.distributed import is_rank0
 from landscape.core.errors import LandscapeError
 from landscape.core.progress import progress
@@ -53,6 +54,7 @@ class Spectrum(ResultMixin):
         problem: the Hessian analysed (parameters, samples, dtype, device, ...).
         vectors: ``(len(values), n_params)`` unit eigenvectors on the CPU when requested (not in
             ``to_dict``; :meth:`HessianOperator.vector_dict` reshapes one into parameters).
+        definition: the measure's versioned definition (``landscape.core.definitions``).
     """
 
     values: np.ndarray
@@ -69,6 +71,7 @@ class Spectrum(ResultMixin):
     seed: int
     problem: ProblemInfo
     vectors: Tensor | None = None
+    definition: str = definition("eigen")
 
     def to_dict(self, include_vectors: bool = False) -> dict[str, Any]:
         """Plain values; eigenvectors only on request (they are ``n_params`` numbers each)."""

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.core.batches import Batch
+from landscape.core.definitions import definition
 from landscape.core.distributed import is_rank0
 from landscape.core.errors import LandscapeError
 from landscape.core.progress import progress
@@ -259,6 +260,7 @@ class Trace(ResultMixin):
         low_rank: its trace ``tr(Q^T H Q)``.
         max_hvp, seed: the settings used.
         problem: the Hessian analysed.
+        definition: the measure's versioned definition (``landscape.core.definitions``).
     """
 
     value: float
@@ -273,6 +275,7 @@ class Trace(ResultMixin):
     max_hvp: int
     seed: int
     problem: ProblemInfo
+    definition: str = definition("trace")
 
 
 def hessian_trace(

@@ -1,4 +1,11 @@
-"""Loss and accuracy along the straight line between two models, and its barrier height."""
+"""Loss and accuracy along the straight line between two models, and its barriers.
+
+The barrier of a curve ``f`` on ``[0, 1]`` is its largest rise above the chord between its ends,
+``max_alpha f(alpha) - ((1 - alpha) f(0) + alpha f(1))`` (Frankle et al. 2020; Entezari et al.
+2022; Ainsworth et al. 2023), reported for the loss and for the error ``1 - accuracy``. It is 0 for
+a convex or monotone-linear curve, whatever its ends, and positive only where the path rises above
+the straight line between them: the sign of a barrier that linear mode connectivity lacks.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +18,11 @@ import numpy as np
 from torch import Tensor, nn
 
 from landscape.core.batches import Batch
+from landscape.core.definitions import definition
 from landscape.core.errors import LandscapeError
 from landscape.core.progress import progress
 from landscape.core.records import ResultMixin
-from landscape.geometry.batchnorm import check_policy, running_stat_names
+from landscape.geometry.batchnorm import batchnorm_layers, check_policy, running_stat_names
 from landscape.geometry.evaluate import EngineSettings, LossFn, evaluator_for_policy
 from landscape.geometry.weights import State, lerp, movable, parameter_names
 
@@ -31,10 +39,17 @@ class Curve(ResultMixin):
             line is extrapolated).
         loss: mean per-sample loss at every alpha (NaN/inf kept as computed).
         accuracy: fraction correct at every alpha (NaN without class targets).
-        barrier: ``max(loss over alphas in [0, 1]) - (loss(0) + loss(1)) / 2``, in loss units
-            (NaN if a loss in [0, 1] is not finite).
+        barrier: chord barrier of the loss, ``max over alphas in [0, 1] of loss(alpha) -
+            ((1 - alpha) loss(0) + alpha loss(1))``, in loss units; at least 0, since the ends are
+            on the chord (NaN if a loss in [0, 1] is not finite).
         barrier_alpha: where that maximum is.
-        start_loss, end_loss, start_accuracy, end_accuracy: the two endpoints.
+        error_barrier, error_barrier_alpha: the same for the error ``1 - accuracy`` (a fraction;
+            NaN without class targets).
+        start_loss, end_loss, start_accuracy, end_accuracy: the two endpoints, evaluated as the
+            interior points are when ``bn_endpoints="policy"``.
+        start_own_loss, end_own_loss, start_own_accuracy, end_own_accuracy: the endpoints with
+            their own running statistics (the trained checkpoints' values; equal to the above
+            when ``bn_endpoints="own"`` or the model has no BatchNorm).
         nonfinite: mask of non-finite losses; ``n_nonfinite`` counts them.
         bn: BatchNorm policy at interior points; ``bn_endpoints``: ``"own"`` (the endpoints keep
             their own running statistics, as the trained checkpoints they are) or ``"policy"``.
@@ -42,6 +57,7 @@ class Curve(ResultMixin):
         n_samples, n_bn_samples: evaluation and BatchNorm-calibration samples (0: none).
         engine: evaluation settings.
         seconds: wall time.
+        definition: the measure's versioned definition (``landscape.core.definitions``).
     """
 
     alphas: np.ndarray
@@ -49,10 +65,16 @@ class Curve(ResultMixin):
     accuracy: np.ndarray
     barrier: float
     barrier_alpha: float
+    error_barrier: float
+    error_barrier_alpha: float
     start_loss: float
     end_loss: float
     start_accuracy: float
     end_accuracy: float
+    start_own_loss: float
+    end_own_loss: float
+    start_own_accuracy: float
+    end_own_accuracy: float
     nonfinite: np.ndarray
     n_nonfinite: int
     bn: str
@@ -62,6 +84,7 @@ class Curve(ResultMixin):
     n_bn_samples: int
     engine: EngineSettings
     seconds: float
+    definition: str = definition("interp")
 
 
 def _alphas(alphas: Sequence[float] | np.ndarray | None) -> np.ndarray:
@@ -71,15 +94,23 @@ def _alphas(alphas: Sequence[float] | np.ndarray | None) -> np.ndarray:
     return np.unique(np.concatenate([values, [0.0, 1.0]]))
 
 
-def barrier_height(alphas: np.ndarray, loss: np.ndarray) -> tuple[float, float]:
-    """``(max loss on [0, 1] minus the mean of the losses at 0 and 1, alpha of that maximum)``."""
+def barrier_height(alphas: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """The chord barrier of ``values`` sampled at ``alphas`` and the alpha where it is reached.
+
+    ``max over alphas in [0, 1] of values(alpha) - ((1 - alpha) values(0) + alpha values(1))``;
+    ``alphas`` must hold 0 and 1, and points outside ``[0, 1]`` (extrapolation) do not count.
+    The maximum is over the sampled alphas, so a finer grid can only raise it. NaN when a value in
+    ``[0, 1]`` is not finite.
+    """
+    alphas, values = np.asarray(alphas, dtype=np.float64), np.asarray(values, dtype=np.float64)
     inside = (alphas >= 0.0) & (alphas <= 1.0)
-    seg_a, seg_l = alphas[inside], loss[inside]
-    ends = 0.5 * (loss[alphas == 0.0][0] + loss[alphas == 1.0][0])
-    if not np.all(np.isfinite(seg_l)):
+    seg_a, seg_v = alphas[inside], values[inside]
+    if not np.all(np.isfinite(seg_v)):
         return float("nan"), float("nan")
-    k = int(np.argmax(seg_l))
-    return float(seg_l[k] - ends), float(seg_a[k])
+    v0, v1 = values[alphas == 0.0][0], values[alphas == 1.0][0]
+    rise = seg_v - ((1.0 - seg_a) * v0 + seg_a * v1)
+    k = int(np.argmax(rise))
+    return float(rise[k]), float(seg_a[k])
 
 
 def interpolate(
@@ -91,7 +122,7 @@ def interpolate(
     alphas: Sequence[float] | np.ndarray | None = None,
     bn: str = "recalibrate",
     bn_data: Iterable[Batch] | None = None,
-    bn_endpoints: str = "own",
+    bn_endpoints: str = "policy",
     loss_fn: LossFn | None = None,
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
@@ -109,9 +140,11 @@ def interpolate(
         bn: BatchNorm policy at interior points: ``"recalibrate"`` (default), ``"interpolate"``
             (running statistics move with the weights) or ``"keep"`` (``start``'s statistics).
         bn_data: calibration batches for ``"recalibrate"`` (default: ``data``, as batched).
-        bn_endpoints: ``"own"`` evaluates alpha 0 and 1 with the models' own running statistics
-            (so the curve's ends are the two checkpoints' losses); ``"policy"`` applies ``bn``
-            there too (use it when an endpoint is a hybrid whose statistics belong to no one).
+        bn_endpoints: ``"policy"`` (default, as in ``landscape analyze``) applies ``bn`` at alpha
+            0 and 1 too, so the barrier compares points evaluated alike (and a hybrid endpoint,
+            whose statistics belong to no one, is handled like the rest); ``"own"`` evaluates
+            the ends with the models' own running statistics. Either way the result also holds
+            the ends' own-statistics values (``start_own_loss`` ...).
         loss_fn: batch-mean loss (default cross-entropy).
         include, exclude: glob filters: only these parameters move (the rest stay at ``start``).
         show_progress: show a progress bar on stderr.
@@ -145,7 +178,12 @@ def interpolate(
     finally:
         bar.close()
     i0, i1 = int(np.flatnonzero(alphas == 0.0)[0]), int(np.flatnonzero(alphas == 1.0)[0])
+    if bn_endpoints == "policy" and batchnorm_layers(ev.module):
+        own = [ev.evaluate_one(s0), ev.evaluate_one(anchor1)]
+    else:
+        own = [(float(loss[i0]), float(acc[i0])), (float(loss[i1]), float(acc[i1]))]
     barrier, where = barrier_height(alphas, loss)
+    error_barrier, error_where = barrier_height(alphas, 1.0 - acc)
     mask = ~np.isfinite(loss)
     return Curve(
         alphas=alphas,
@@ -153,10 +191,16 @@ def interpolate(
         accuracy=acc,
         barrier=barrier,
         barrier_alpha=where,
+        error_barrier=error_barrier,
+        error_barrier_alpha=error_where,
         start_loss=float(loss[i0]),
         end_loss=float(loss[i1]),
         start_accuracy=float(acc[i0]),
         end_accuracy=float(acc[i1]),
+        start_own_loss=own[0][0],
+        end_own_loss=own[1][0],
+        start_own_accuracy=own[0][1],
+        end_own_accuracy=own[1][1],
         nonfinite=mask,
         n_nonfinite=int(mask.sum()),
         bn=bn,

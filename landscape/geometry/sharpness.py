@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.core.batches import Batch
+from landscape.core.definitions import definition
 from landscape.core.errors import LandscapeError
 from landscape.core.progress import progress
 from landscape.core.records import ResultMixin
@@ -58,6 +59,7 @@ class Sharpness(ResultMixin):
         bn: BatchNorm policy at perturbed points (and at the clean point).
         n_samples, n_bn_samples: evaluation and BatchNorm-calibration samples (0: none).
         engine: evaluation settings; ``seconds``: wall time.
+        definition: the measure's versioned definition (``landscape.core.definitions``).
     """
 
     value: float
@@ -82,6 +84,7 @@ class Sharpness(ResultMixin):
     n_bn_samples: int
     engine: EngineSettings
     seconds: float
+    definition: str = definition("sharpness")
 
 
 def sharpness(

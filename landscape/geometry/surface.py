@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape.core.batches import Batch
+from landscape.core.definitions import definition
 from landscape.core.distributed import broadcast, gather, rank_and_world
 from landscape.core.errors import LandscapeError
 from landscape.core.progress import progress
@@ -96,6 +97,7 @@ class Surface(ResultMixin):
         n_samples, n_bn_samples: evaluation and BatchNorm-calibration samples (0: none).
         engine: evaluation settings; ``n_computed``/``n_resumed``: points computed now / loaded
             from the store; ``seconds``: wall time of this call; ``store``: the store path.
+        definition: the measure's versioned definition (``landscape.core.definitions``).
     """
 
     coordinates: tuple[np.ndarray, ...]
@@ -118,6 +120,7 @@ class Surface(ResultMixin):
     n_resumed: int
     seconds: float
     store: str | None
+    definition: str = definition("surface")
 
 
 def _coordinates(grid: Grid, dims: int) -> list[np.ndarray]:
@@ -231,7 +234,7 @@ def surface(
     dims: int = 2,
     bn: str = "recalibrate",
     bn_data: Iterable[Batch] | None = None,
-    bn_center: str = "own",
+    bn_center: str = "policy",
     loss_fn: LossFn | None = None,
     seed: int | None = 0,
     normalization: str = "filter",
@@ -260,8 +263,10 @@ def surface(
         bn: BatchNorm policy for grid points: ``"recalibrate"`` (default), ``"interpolate"``
             (directions between models only) or ``"keep"``.
         bn_data: calibration batches for ``"recalibrate"`` (default: ``data``, as batched).
-        bn_center: ``"own"`` (the centre keeps its BatchNorm statistics, as the trained
-            checkpoint it is) or ``"policy"`` (the centre follows ``bn`` like every other point).
+        bn_center: ``"policy"`` (default, as in ``landscape analyze``: the centre follows ``bn``
+            like every other point, so the basin's depth compares like with like) or ``"own"``
+            (the centre keeps its BatchNorm statistics, as the trained checkpoint it is). The
+            own-statistics value is in ``center_loss`` either way.
         loss_fn: batch-mean loss (default cross-entropy).
         seed: seed of the random directions.
         normalization, include_1d: see ``landscape.geometry.directions.normalize_direction``.

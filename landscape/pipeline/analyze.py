@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from landscape.core.definitions import definition
 from landscape.core.distributed import broadcast, rank_and_world
 from landscape.core.errors import LandscapeError
 from landscape.core.progress import progress
@@ -107,7 +108,8 @@ def plan(ctx: Context, store: ResultsStore) -> list[tuple[Piece, str]]:
     def add(piece: Piece, *parts: Any) -> None:
         names = ("samples", "batch_size", "seed", "bn", *DEPENDS_ON[piece.analysis])
         relevant = {k: values[k] for k in names}
-        pieces.append((piece, fingerprint(piece.key, relevant, run.data, *parts)))
+        measure = definition(piece.analysis)
+        pieces.append((piece, fingerprint(piece.key, relevant, measure, run.data, *parts)))
 
     for epoch in epochs:
         present = run.checkpoint(epoch).members

@@ -287,6 +287,7 @@ def interpolation_record(ctx: Context, epoch: int, start: str, end: str) -> dict
         "end": end,
         "alphas": None,
         "barrier": {},
+        "error_barrier": {},
         "detail": {},
     }
     for split in ("train", "test"):
@@ -305,6 +306,7 @@ def interpolation_record(ctx: Context, epoch: int, start: str, end: str) -> dict
         record["alphas"] = curve.alphas.tolist()
         record[split] = {"loss": curve.loss.tolist(), "accuracy": curve.accuracy.tolist()}
         record["barrier"][split] = curve.barrier
+        record["error_barrier"][split] = curve.error_barrier
         detail = curve.to_dict()
         for big in ("alphas", "loss", "accuracy", "nonfinite"):
             detail.pop(big, None)

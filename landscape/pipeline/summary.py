@@ -76,6 +76,9 @@ def build_summary(
                 "end": rec["end"],
                 "barrier_train": rec["barrier"]["train"],
                 "barrier_test": rec["barrier"]["test"],
+                "error_barrier_train": rec["error_barrier"]["train"],
+                "error_barrier_test": rec["error_barrier"]["test"],
+                "definition": rec["detail"]["train"]["definition"],
             }
     surfaces = {}
     for key, rec in records.items():
@@ -185,7 +188,7 @@ def stdout_table(summary: Mapping[str, Any]) -> str:
         if not key.startswith(f"epoch_{epoch:04d}/"):
             continue
         lines.append(
-            f"barrier {c['start']} -> {c['end']}: train {fmt(c['barrier_train'])}, "
-            f"test {fmt(c['barrier_test'])}"
+            f"barrier {c['start']} -> {c['end']}: loss train {fmt(c['barrier_train'])}, "
+            f"test {fmt(c['barrier_test'])}; error test {fmt(c['error_barrier_test'], '.3f')}"
         )
     return "\n".join(lines)

@@ -73,7 +73,8 @@ def build_sections(
                 (
                     f"Interpolation at epoch {epoch}",
                     "Loss and accuracy on straight lines between members; the barrier is the "
-                    "highest loss between the ends minus the mean of the two end losses.",
+                    "largest rise of the loss above the chord between its two ends, "
+                    "max over alpha of L(alpha) - ((1 - alpha) L(0) + alpha L(1)).",
                     [(f"interp_{tag}", figures.curves_figure(curves))],
                 )
             )

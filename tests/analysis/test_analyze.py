@@ -98,6 +98,14 @@ def test_rerun_and_resume_compute_nothing_twice(tiny_run, monkeypatch):
         tiny_run, fast_settings(analyses=("interp", "eigen"), k=3), show_progress=False
     )
     assert changed.computed == 3  # only the eigenvalue pieces depend on k
+    # A new definition of a measure recomputes its stored pieces, and only those.
+    from landscape.core import definitions
+
+    monkeypatch.setitem(definitions.DEFINITIONS, "interp", "barrier/999: a test definition")
+    redefined = analyze_run(
+        tiny_run, fast_settings(analyses=("interp", "eigen"), k=3), show_progress=False
+    )
+    assert redefined.computed == 3  # the three curves
 
 
 def test_foreign_layouts_via_cli(tiny_run, tmp_path, capsys):
@@ -215,9 +223,10 @@ def test_single_analyses_print_json(tiny_run, capsys):
     )
     record = json.loads(capsys.readouterr().out)
     alphas, loss = record["alphas"], record["train"]["loss"]
-    inside = [l for a, l in zip(alphas, loss) if 0 <= a <= 1]
-    ends = (loss[alphas.index(0.0)] + loss[alphas.index(1.0)]) / 2
-    assert record["barrier"]["train"] == pytest.approx(max(inside) - ends)
+    l0, l1 = loss[alphas.index(0.0)], loss[alphas.index(1.0)]
+    rise = [l - ((1 - a) * l0 + a * l1) for a, l in zip(alphas, loss) if 0 <= a <= 1]
+    assert record["barrier"]["train"] == pytest.approx(max(rise))
+    assert 0.0 <= record["error_barrier"]["test"] <= 1.0
     assert (
         main(
             ["surface", str(tiny_run), "--member", "student_1", "--grid", "3", "--json", *CLI_FAST]

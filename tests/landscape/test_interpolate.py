@@ -20,10 +20,11 @@ from landscape.geometry.weights import as_state, lerp
 
 def test_endpoints_equal_the_two_models_losses():
     model, other, batches = tiny_convnet(0), tiny_convnet(1), image_batches()
-    curve = interpolate(model, model.state_dict(), other.state_dict(), batches)
+    curve = interpolate(model, model.state_dict(), other.state_dict(), batches, bn_endpoints="own")
     assert curve.start_loss == pytest.approx(plain_eval(model, None, batches)[0], rel=2e-6)
     assert curve.end_loss == pytest.approx(plain_eval(other, None, batches)[0], rel=2e-6)
     assert curve.start_accuracy == pytest.approx(plain_eval(model, None, batches)[1])
+    assert (curve.start_own_loss, curve.end_own_loss) == (curve.start_loss, curve.end_loss)
     assert curve.bn == "recalibrate" and curve.bn_endpoints == "own"
     assert 0.0 in curve.alphas and 1.0 in curve.alphas
     assert curve.alphas[0] == -0.25 and curve.alphas[-1] == 1.25
@@ -41,21 +42,44 @@ def test_quadratic_loss_gives_the_exact_parabola():
     expected = [regression_loss((1 - a) * t0 + a * t1, x1, y) for a in curve.alphas]
     np.testing.assert_allclose(curve.loss, expected, rtol=1e-13)
     assert set(curve.alphas) == set(alphas) | {0.0, 1.0}
-    # A parabola's barrier: the exact maximum on [0, 1] of the sampled points.
-    expected = np.array(expected)
-    inside = (curve.alphas >= 0) & (curve.alphas <= 1)
-    ends = 0.5 * (expected[curve.alphas == 0.0][0] + expected[curve.alphas == 1.0][0])
-    assert curve.barrier == pytest.approx(max(expected[inside]) - ends, rel=1e-12)
-    assert np.isnan(curve.accuracy).all()
+    # A convex parabola never rises above its chord: the barrier is exactly 0, at an end.
+    assert curve.barrier == 0.0 and curve.barrier_alpha == 0.0
+    assert np.isnan(curve.accuracy).all() and np.isnan(curve.error_barrier)
     assert curve.parameters == ("weight", "bias")
 
 
-def test_barrier_height_definition():
+def test_barrier_height_is_the_rise_above_the_chord():
     alphas = np.array([-0.5, 0.0, 0.25, 0.5, 1.0, 1.5])
     loss = np.array([9.0, 1.0, 4.0, 2.0, 3.0, 9.0])
-    assert barrier_height(alphas, loss) == (2.0, 0.25)  # extrapolated points do not count
+    # The chord from 1 to 3 is 1.5 at alpha 0.25 and 2 at 0.5; extrapolated points do not count.
+    assert barrier_height(alphas, loss) == (2.5, 0.25)
     loss[3] = np.nan
     assert np.isnan(barrier_height(alphas, loss)[0])
+    grid = np.arange(-5, 26) / 20.0
+    # A monotone straight line has no barrier, however far apart its ends are (the old
+    # "max minus mean of the ends" gave half their difference).
+    assert barrier_height(grid, 3.0 * grid) == (0.0, 0.0)
+    # f = 4 alpha (1 - alpha) + 2 alpha rises 1 above its chord 2 alpha, at alpha = 1/2 exactly.
+    assert barrier_height(grid, 4 * grid * (1 - grid) + 2 * grid) == pytest.approx((1.0, 0.5))
+
+
+def test_policy_endpoints_by_default_and_own_values_recorded():
+    model, other, batches = tiny_convnet(0), tiny_convnet(1), image_batches()
+    a, b = as_state(model), as_state(other)
+    calib = image_batches(n=24, sizes=(12, 12), seed=7)
+    curve = interpolate(model, a, b, batches, bn_data=calib, alphas=[0.5])
+    assert curve.bn_endpoints == "policy"
+    recal_start = plain_eval(model, recalibrate(model, a, calib), batches)
+    assert curve.start_loss == pytest.approx(recal_start[0], rel=2e-6)
+    assert curve.start_own_loss == pytest.approx(plain_eval(model, None, batches)[0], rel=2e-6)
+    assert curve.end_own_loss == pytest.approx(plain_eval(other, None, batches)[0], rel=2e-6)
+    assert curve.end_own_accuracy == pytest.approx(plain_eval(other, None, batches)[1])
+    assert curve.start_own_loss != curve.start_loss
+    # The error barrier is the chord barrier of 1 - accuracy on the same points.
+    assert (curve.error_barrier, curve.error_barrier_alpha) == barrier_height(
+        curve.alphas, 1.0 - curve.accuracy
+    )
+    assert curve.definition.startswith("barrier/2")
 
 
 def test_bn_policies_at_interior_points():

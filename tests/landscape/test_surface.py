@@ -27,7 +27,7 @@ from landscape.geometry.weights import as_state, buffer_names, parameter_names
 
 def test_surface_centre_equals_the_models_own_loss():
     model, batches = tiny_convnet(0), image_batches()
-    result = surface(model, model.state_dict(), batches, grid=(0.5, 5))
+    result = surface(model, model.state_dict(), batches, grid=(0.5, 5), bn_center="own")
     own, own_acc = plain_eval(model, None, batches)
     assert result.center_index == (2, 2)
     assert result.loss[2, 2] == pytest.approx(own, rel=2e-6)
@@ -35,6 +35,10 @@ def test_surface_centre_equals_the_models_own_loss():
     assert result.accuracy[2, 2] == pytest.approx(own_acc)
     assert result.units == "filter-normalised direction units"
     assert result.bn == "recalibrate" and result.bn_center == "own"
+    # By default the centre follows the policy like every other point (as in landscape analyze).
+    policy = surface(model, model.state_dict(), batches, grid=(0.5, 5))
+    assert policy.bn_center == "policy" and policy.center_loss == pytest.approx(own, rel=2e-6)
+    assert policy.loss[2, 2] != pytest.approx(own, rel=1e-6)
     assert result.loss.shape == (5, 5) and result.n_nonfinite == 0
     assert result.directions["kind"] == "random" and result.directions["seed"] == 0
     assert "bn1.weight" not in result.parameters  # 1-D tensors do not move by default
@@ -174,7 +178,8 @@ def test_interrupted_surface_resumes_to_the_same_numbers(tmp_path):
     counter.calls = 0
     resumed = surface(model, None, batches, store=tmp_path / "s", **kwargs)
     assert resumed.n_resumed == 8 and resumed.n_computed == 17
-    assert counter.calls == 17  # the missing points only (the centre is one of them)
+    # The missing points, and the centre once more with its own statistics (center_loss).
+    assert counter.calls == 17 + 1
     np.testing.assert_array_equal(resumed.loss, full.loss)
     np.testing.assert_array_equal(resumed.accuracy, full.accuracy)
     again = surface(model, None, batches, store=tmp_path / "s", **kwargs)

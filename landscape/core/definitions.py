@@ -1,0 +1,31 @@
+"""Versioned definitions of the stored measures.
+
+Every result records the definition its numbers follow (its ``definition`` attribute), and
+``landscape analyze`` hashes the definition into each piece's fingerprint, so a result computed
+under an older definition is recomputed instead of being compared with newer ones. Bump the
+version whenever a change alters what a number means (not merely how fast it is computed).
+"""
+
+from __future__ import annotations
+
+DEFINITIONS: dict[str, str] = {
+    "eigen": (
+        "eigen/1: Ritz values of block Lanczos on the dataset-loss Hessian; "
+        "converged when the residual^2/gap bound is below tol"
+    ),
+    "trace": "trace/1: adaptive Hutch++ (Rademacher probes); stderr of the Hutchinson remainder",
+    "density": "density/1: stochastic Lanczos quadrature, Gaussian broadening",
+    "sharpness": "sharpness/1: loss increase in a (|w|-scaled) ball; worst case by normalised ascent",
+    "interp": (
+        "barrier/2: chord barrier max over alpha in [0, 1] of "
+        "f(alpha) - ((1 - alpha) f(0) + alpha f(1)), for the loss and the error (1 - accuracy)"
+    ),
+    "surface": "surface/1: loss and accuracy at centre + sum_k x_k d_k",
+}
+# Planes through members and PCA trajectories are surfaces.
+DEFINITIONS["plane"] = DEFINITIONS["trajectory"] = DEFINITIONS["surface"]
+
+
+def definition(measure: str) -> str:
+    """The current definition of ``measure`` (an analysis name of ``landscape analyze``)."""
+    return DEFINITIONS[measure]
