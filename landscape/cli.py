@@ -26,7 +26,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="model registry name (reference and state-dict folders)")
     p.add_argument("--data", help="dataset name (reference and state-dict folders)")
     p.add_argument(
-        "--samples", type=int, default=512, help="training samples analysed (seeded subset)"
+        "--samples",
+        type=int,
+        default=512,
+        help="training samples analysed (seeded subset; default %(default)s)",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="seed of data subsets, probes and directions"
@@ -68,11 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of {','.join(ANALYSES)}",
     )
     a.add_argument("--test-samples", type=int, help="test samples for curves (default: --samples)")
-    a.add_argument("--grid", type=int, default=21, help="points per surface axis (odd)")
+    a.add_argument(
+        "--grid", type=int, default=21, help="points per surface axis (odd; default %(default)s)"
+    )
     a.add_argument(
         "--formats",
         default="html,json",
         help="html,json,png,svg,pdf (static export needs Chromium)",
+    )
+    a.add_argument(
+        "--self-contained",
+        action="store_true",
+        help="one report.html with plotly.js inlined (~4.8 MB), to mail or attach",
     )
     a.add_argument(
         "--resume",
@@ -169,6 +179,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         arch=args.arch,
         data=args.data,
         formats=formats,
+        self_contained=args.self_contained,
         resume=args.resume,
         show_progress=not args.no_progress,
     )

@@ -27,6 +27,19 @@ def save_checkpoint(
     run.save_checkpoint(epoch, payload, {"step": step, "members": list(states), "metrics": metrics})
 
 
+def prune_checkpoints(run: RunDir, keep_every: int) -> list[int]:
+    """Remove every checkpoint but the last and those of epochs divisible by ``keep_every``;
+    returns the epochs removed. Only the epoch decides, never a metric (no test-set selection)."""
+    ckpts = run.checkpoints()
+    removed = []
+    for ckpt in ckpts[:-1]:
+        if ckpt.epoch % keep_every:
+            ckpt.path.with_suffix(".json").unlink(missing_ok=True)  # sidecar first: never dangling
+            ckpt.path.unlink(missing_ok=True)
+            removed.append(ckpt.epoch)
+    return removed
+
+
 def restore_checkpoint(run: RunDir, s: Session) -> tuple[int, int]:
     """Load the last checkpoint of ``run`` into the session; returns its ``(epoch, step)``."""
     last = run.last_checkpoint()
@@ -58,4 +71,4 @@ def clear_run(run: RunDir) -> None:
     shutil.rmtree(run.path / "analysis", ignore_errors=True)
 
 
-__all__ = ["clear_run", "restore_checkpoint", "save_checkpoint"]
+__all__ = ["clear_run", "prune_checkpoints", "restore_checkpoint", "save_checkpoint"]

@@ -33,6 +33,18 @@ class OptimConfig:
     milestones: tuple[float, ...] = (0.5, 0.75)
     lr_decay: float = 0.1
 
+    def validate(self) -> None:
+        """Raise ConfigError (one sentence) for a value outside its range."""
+        _check(self.lr > 0, f"optim.lr must be positive, not {self.lr}")
+        _check(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), not {self.momentum}")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, not {self.weight_decay}")
+        _check(0 < self.lr_decay <= 1, f"optim.lr_decay must be in (0, 1], not {self.lr_decay}")
+        _check(
+            all(0 < m < 1 for m in self.milestones),
+            f"optim.milestones are fractions of the epochs in (0, 1), not {list(self.milestones)}",
+        )
+        _check(not self.nesterov or self.momentum > 0, "optim.nesterov needs a positive momentum")
+
     def milestone_epochs(self, epochs: int) -> list[int]:
         """The milestones as epoch indices (at least 1, in increasing order)."""
         return sorted({max(1, round(f * epochs)) for f in self.milestones})
@@ -60,11 +72,35 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 0
     save_every: int = 1
+    # Checkpoint retention: keep the last and every keep_every-th epoch's checkpoint (1: all).
+    # Trajectories, `--epochs all` and curvature tracking read what is kept; retention never
+    # looks at test accuracy.
+    keep_every: int = 1
     device: str = "auto"
     # GPU throughput options (no effect on the CPU results while off): channels-last memory layout
     # for networks and image batches, and bfloat16 autocast for forward passes and losses.
     channels_last: bool = False
     amp: bool = False
+
+    def validate(self) -> None:
+        """Raise ConfigError (one sentence) for a value outside its range; the registries check
+        names (method, model, data, augmentations) when the run is built."""
+        _check(self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}")
+        _check(self.batch_size >= 1, f"batch_size must be at least 1, not {self.batch_size}")
+        _check(
+            self.eval_batch_size >= 1,
+            f"eval_batch_size must be at least 1, not {self.eval_batch_size}",
+        )
+        _check(self.num_students >= 1, f"num_students must be at least 1, not {self.num_students}")
+        _check(self.save_every >= 1, f"save_every must be at least 1, not {self.save_every}")
+        _check(self.keep_every >= 1, f"keep_every must be at least 1, not {self.keep_every}")
+        _check(self.seed >= 0, f"seed must be non-negative, not {self.seed}")
+        _check(
+            self.init in ("auto", "shared", "independent"),
+            f"init must be auto, shared or independent, not {self.init!r}",
+        )
+        _check(len(self.augment) >= 1, "augment needs at least one pipeline")
+        self.optim.validate()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (tuples become lists)."""
@@ -84,6 +120,11 @@ class TrainConfig:
 
 
 _DICT_FIELDS = {"method": "method_args", "model": "model_args", "data": "data_args"}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
 
 def _field_types(obj: Any) -> dict[str, Any]:

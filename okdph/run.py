@@ -39,12 +39,23 @@ class RunDirError(ValueError):
     """The path is not a usable run directory (user-facing, one sentence)."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and os.replace."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory and os.replace.
+
+    The file gets the mode a plain ``open(path, "w")`` would give (0666 less the umask), not the
+    private 0600 of the temporary file, so collaborators and web servers can read results.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -61,7 +61,11 @@ def model_arguments(cfg: TrainConfig, data: TensorDataset) -> dict[str, Any]:
 
 
 def build_session(cfg: TrainConfig) -> Session:
-    """Load the data and build the method, optimiser, schedule and views for ``cfg``."""
+    """Load the data and build the method, optimiser, schedule and views for ``cfg``.
+
+    The config is validated first, so a bad value stops the run before anything is written.
+    """
+    cfg.validate()
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.data, device, **cfg.data_args)
     kwargs = model_arguments(cfg, data)

@@ -19,7 +19,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from okdph.checkpoints import clear_run, restore_checkpoint, save_checkpoint
+from okdph.checkpoints import (
+    clear_run,
+    prune_checkpoints,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from okdph.config import TrainConfig
 from okdph.evaluation import autocast, evaluate, to_memory_format
 from okdph.methods import StepContext
@@ -64,6 +69,8 @@ class Trainer:
 
     def save(self, metrics: dict[str, float]) -> None:
         save_checkpoint(self.run, self.s, self.epoch, self.step, metrics)
+        if self.s.cfg.keep_every > 1:
+            prune_checkpoints(self.run, self.s.cfg.keep_every)
 
     def restore(self) -> None:
         """Continue from the last checkpoint of the run directory."""
@@ -183,6 +190,12 @@ class Trainer:
                 epochs.set_postfix(best_test_acc=f"{best:.3f}")
         except TrainingDiverged:
             self.run.update_info(status="diverged")
+            raise
+        except KeyboardInterrupt:
+            self.run.update_info(status="interrupted", epochs_done=self.epoch)
+            raise
+        except Exception as err:  # recorded, then re-raised: run.json must not say "running"
+            self.run.update_info(status="failed", error=f"{type(err).__name__}: {err}")
             raise
         self.run.update_info(
             status="complete" if self.epoch == cfg.epochs else "stopped", epochs_done=self.epoch

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 DEFINITIONS: dict[str, str] = {
     "eigen": (
-        "eigen/1: Ritz values of block Lanczos on the dataset-loss Hessian; "
-        "converged when the residual^2/gap bound is below tol"
+        "eigen/2: Ritz values of thick-restart Lanczos on the dataset-loss Hessian; converged "
+        "when the residual is below tol * |value| + the measured product error (Krylov-Weinstein)"
     ),
-    "trace": "trace/1: adaptive Hutch++ (Rademacher probes); stderr of the Hutchinson remainder",
+    "trace": (
+        "trace/2: adaptive Hutch++ (Rademacher probes); the final stage's pilot plans the probe "
+        "count, fresh probes give the estimate and a Student-t interval"
+    ),
     "density": "density/1: stochastic Lanczos quadrature, Gaussian broadening",
     "sharpness": "sharpness/1: loss increase in a (|w|-scaled) ball; worst case by normalised ascent",
     "interp": (

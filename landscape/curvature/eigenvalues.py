@@ -36,6 +36,12 @@ from landscape.curvature.products import (
     seeded_generator,
 )
 
+CERTIFICATE = (
+    "each converged value is within its error bound of an eigenvalue of H (Krylov-Weinstein, "
+    "widened by the measured product error); Ritz values of the top end are lower bounds of the "
+    "top eigenvalues; that no eigenvalue beyond the returned ones was missed is not proved"
+)
+
 
 @dataclass(frozen=True)
 class Spectrum(ResultMixin):
@@ -44,10 +50,18 @@ class Spectrum(ResultMixin):
     Attributes:
         values: eigenvalues in decreasing order (``k``, or ``2 k`` for ``which="both"``).
         residuals: ``||H y - value * y||`` of each unit Ritz vector ``y``.
-        error_bounds: bound on ``|value - eigenvalue|``: the residual (rigorous), or the residual
-            squared over the gap to the other Ritz values where that gap exceeds the residual
-            (:func:`landscape.curvature.lanczos.error_bounds`).
-        converged: ``error_bound <= tol * |value|`` (plus a rounding floor) for each value.
+        error_bounds: certified: ``value +- error_bound`` holds an eigenvalue of the Hessian
+            (Krylov-Weinstein: the residual, plus the measured ``product_error``).
+        estimated_bounds: the sharper residual**2 / gap bound with the gap taken from the other
+            Ritz values (plus ``product_error``); an estimate, false when an eigenvalue near the
+            value has not entered the Krylov space. Never used to stop.
+        converged: ``residual <= tol * |value| + product_error`` for each value (certified
+            bounds only; the product error lets a zero eigenvalue converge).
+        product_error: measured error of one Hessian-vector product of a unit vector (repeated
+            product and symmetry defect; see :class:`landscape.curvature.lanczos.RitzPairs`).
+        certificate: what the result guarantees, in words: each converged value is within its
+            bound of *an* eigenvalue; top-end Ritz values are lower bounds of the top
+            eigenvalues; that no eigenvalue beyond the returned ones was missed is not proved.
         n_hvp: Hessian-vector products used.
         n_restarts: thick restarts of the Lanczos basis.
         k, which, tol, max_iter, basis_size, seed: the settings used.
@@ -60,7 +74,10 @@ class Spectrum(ResultMixin):
     values: np.ndarray
     residuals: np.ndarray
     error_bounds: np.ndarray
+    estimated_bounds: np.ndarray
     converged: np.ndarray
+    product_error: float
+    certificate: str
     n_hvp: int
     n_restarts: int
     k: int
@@ -104,8 +121,9 @@ def top_eigenvalues(
 
     Thick-restart Lanczos with full reorthogonalisation (:func:`landscape.curvature.lanczos.extreme_eigenpairs`)
     from a seeded Gaussian start vector. It stops once every returned value has an error bound of
-    at most ``tol * |value|``, never after a fixed number of steps; ``converged`` says which
-    values reached it if the budget ran out first.
+    at most ``tol * |value|`` (the certified residual bound, never the gap-based estimate), not
+    after a fixed number of steps; ``converged`` says which values reached it if the budget ran
+    out first. See :attr:`Spectrum.certificate` for what is and is not guaranteed.
 
     Args:
         model: the network, or a :class:`HessianOperator` (then ``loss_fn`` and ``data`` are
@@ -172,7 +190,10 @@ def top_eigenvalues(
         values=pairs.values,
         residuals=pairs.residuals,
         error_bounds=pairs.bounds,
+        estimated_bounds=pairs.estimated,
         converged=pairs.converged,
+        product_error=pairs.product_error,
+        certificate=CERTIFICATE,
         n_hvp=op.n_hvp - used,
         n_restarts=pairs.n_restarts,
         k=k,

@@ -24,7 +24,7 @@ from typing import Any
 from landscape.core.definitions import definition
 from landscape.core.distributed import broadcast, rank_and_world
 from landscape.core.errors import LandscapeError
-from landscape.core.progress import progress
+from landscape.core.progress import ProgressLines, progress
 from landscape.pipeline.runs import Run
 from landscape.pipeline.steps import (
     ANALYSES,
@@ -218,6 +218,8 @@ def run_pieces(
     for piece, fp in pieces:
         if piece.key in done:
             records[piece.key] = store.get(piece.key, fp)
+    lines = ProgressLines(len(todo), "piece", enable=show_progress)
+    lines.say(f"{len(todo)} of {len(pieces)} pieces to compute ({len(done)} stored)")
     bar = progress(todo, desc="analyses", enable=show_progress)
     for piece, fp in bar:
         if hasattr(bar, "set_postfix_str"):
@@ -227,6 +229,7 @@ def run_pieces(
             store.put(piece.key, fp, record)
         records[piece.key] = record
         computed += 1
+        lines.step(piece.key)
     return records, computed
 
 
@@ -249,6 +252,7 @@ def analyze_run(
     arch: str | None = None,
     data: str | None = None,
     formats: tuple[str, ...] = ("html", "json"),
+    self_contained: bool = False,
     resume: bool = False,
     show_progress: bool = True,
 ) -> AnalysisOutcome:
@@ -260,6 +264,8 @@ def analyze_run(
         out: results folder (default ``RUN_DIR/analysis``).
         arch, data: registry names for foreign layouts.
         formats: any of ``html``, ``json``, ``png``, ``svg``, ``pdf``.
+        self_contained: inline plotly.js in ``report.html`` (one file that travels) instead of
+            writing ``plotly.min.js`` beside it.
         resume: reuse the settings stored by the previous call in ``out``.
         show_progress: progress bars on stderr.
     """
@@ -286,6 +292,7 @@ def analyze_run(
         }
         settings = AnalyzeSettings(**values)
         formats = tuple(stored.get("formats", formats))
+        self_contained = bool(stored.get("self_contained", self_contained))
     settings = settings or AnalyzeSettings()
     settings.validate()
     unknown_members = [m for m in settings.members if m not in run.members]
@@ -295,17 +302,25 @@ def analyze_run(
         )
     ctx = Context(run, settings, show_progress)
     pieces = plan(ctx, store)
-    # Fail on a checkpoint that does not fit its architecture before spending any compute.
+    # Fail on a checkpoint that does not fit its architecture, or whose weights are not finite,
+    # before spending any compute.
     for epoch, member in sorted(
         {(p.epoch, m) for p, _ in pieces for m in p.members if p.epoch is not None}
     ):
-        ctx.state(epoch, member)
+        state = ctx.state(epoch, member)
+        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise LandscapeError(
+                f"{member} at epoch {epoch} has non-finite weights (NaN or inf in {bad[0]}); "
+                f"the run diverged there: analyse an earlier epoch with --epochs"
+            )
     rank, _ = rank_and_world()
     if rank == 0:
         store.write_settings(
             {
                 "settings": settings.to_dict(),
                 "formats": list(formats),
+                "self_contained": self_contained,
                 "run": str(run.path),
                 "arch": arch,
                 "data": data,
@@ -314,5 +329,7 @@ def analyze_run(
     records, computed = run_pieces(pieces, store, show_progress and rank == 0)
     files = {p.key: store.data_file(p.key) for p, _ in pieces}
     summary = build_summary(run, settings.to_dict(), records, files, computed)
-    report, message = write_outputs(summary, out, formats) if rank == 0 else (None, None)
+    report, message = (
+        write_outputs(summary, out, formats, self_contained) if rank == 0 else (None, None)
+    )
     return AnalysisOutcome(summary, out, report, computed, message)

@@ -5,7 +5,7 @@
     ANALYSIS/
       settings.json             the settings of the last call (``--resume`` reuses them)
       data/<piece key>.json     {"key", "fingerprint", "record"} for every finished piece
-      partial/<piece key>/      chunk stores of surfaces that are still being computed
+      partial/<piece key>/      chunk stores of surfaces still being computed (removed once stored)
       summary.json              every number, gathered from the pieces
       report.html, figures/     written from the stored records
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,19 @@ class ResultsStore:
         return entry["record"]
 
     def put(self, key: str, fp: str, record: dict[str, Any]) -> None:
+        """Store a finished piece; its partial chunks, now summed up in the record, are removed."""
         atomic_write_json(self._path(key), {"key": key, "fingerprint": fp, "record": record})
+        partial = self.partial_dir(key)
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+            # Prune the emptied parents up to partial/ itself.
+            for parent in partial.parents:
+                if parent == self.root or not parent.is_relative_to(self.root / "partial"):
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
 
     def data_file(self, key: str) -> str:
         """Path of a piece's data file relative to the store root."""

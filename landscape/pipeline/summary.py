@@ -15,6 +15,7 @@ from landscape.pipeline.runs import Run
 from landscape.pipeline.store import atomic_write_json
 from landscape.report.html import ExportUnavailable, export_figures, write_report
 from landscape.report.sections import build_sections
+from okdph.run import atomic_write_bytes
 
 
 def _epoch_of(key: str) -> int | None:
@@ -121,7 +122,7 @@ def build_summary(
 
 
 def write_outputs(
-    summary: dict[str, Any], out: Path, formats: Sequence[str]
+    summary: dict[str, Any], out: Path, formats: Sequence[str], self_contained: bool = False
 ) -> tuple[Path | None, str | None]:
     """Write summary.json, figure files and report.html; returns the report path and a message
     when static export was asked for but is unavailable."""
@@ -130,11 +131,8 @@ def write_outputs(
     figures = {stem: fig for _, _, figs in sections for stem, fig in figs}
     report = None
     if "json" in formats:
-        (out / "figures").mkdir(parents=True, exist_ok=True)
         for stem, fig in figures.items():
-            tmp = out / "figures" / f".{stem}.json.tmp"
-            tmp.write_text(fig.to_json())
-            tmp.replace(out / "figures" / f"{stem}.json")
+            atomic_write_bytes(out / "figures" / f"{stem}.json", fig.to_json().encode())
     if "html" in formats:
         settings = {
             "run": summary["run"]["path"],
@@ -144,6 +142,7 @@ def write_outputs(
             "data": summary["run"]["data"],
             "run members": summary["run"]["members"],
             **summary["settings"],
+            "members": ", ".join(summary["settings"]["members"]) or "all",
             **summary["data"],
         }
         title = f"Loss landscape of {Path(summary['run']['path']).name}"
@@ -152,6 +151,7 @@ def write_outputs(
             title,
             [(h, t, [f for _, f in figs]) for h, t, figs in sections],
             settings,
+            inline_plotlyjs=self_contained,
         )
     message = None
     static = [f for f in formats if f in ("png", "svg", "pdf")]

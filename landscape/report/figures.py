@@ -236,7 +236,7 @@ def density_figure(densities: Mapping[str, Mapping[str, Any]]) -> go.Figure:
 
 
 def spectrum_figure(spectra: Mapping[str, Mapping[str, Any]]) -> go.Figure:
-    """Top (and bottom) Hessian eigenvalues per member, with their certified residuals as error bars."""
+    """Top (and bottom) Hessian eigenvalues per member, with their certified bounds as error bars."""
     fig = go.Figure()
     names = list(spectra)
     for name, rec in spectra.items():
@@ -247,7 +247,12 @@ def spectrum_figure(spectra: Mapping[str, Mapping[str, Any]]) -> go.Figure:
                 y=_finite(values),
                 mode="markers",
                 name=name,
-                error_y={"type": "data", "array": _finite(rec.get("residuals", [0] * len(values)))},
+                error_y={
+                    "type": "data",
+                    "array": _finite(
+                        rec.get("error_bounds", rec.get("residuals", [0] * len(values)))
+                    ),
+                },
                 marker={
                     "size": 9,
                     "color": member_colour(name, names),
@@ -256,6 +261,7 @@ def spectrum_figure(spectra: Mapping[str, Mapping[str, Any]]) -> go.Figure:
                 },
             )
         )
+    fig.update_xaxes(title_text="member")
     fig.update_yaxes(title_text="eigenvalue of the Hessian of the mean loss")
     fig.update_layout(
         title="Extreme Hessian eigenvalues", template=_TEMPLATE, height=420, showlegend=False

@@ -68,6 +68,13 @@ def write_report(
         if not js.exists():
             atomic_write_bytes(js, plotly.offline.get_plotlyjs().encode())
         script = "<script src='plotly.min.js'></script>"
+    needs = (
+        ""
+        if inline_plotlyjs
+        else "<p class='note'>The figures need <code>plotly.min.js</code> from this folder; to "
+        "send the report alone, write it with <code>landscape analyze --self-contained</code>."
+        "</p>"
+    )
     body = []
     for i, (heading, text, figures) in enumerate(sections):
         body.append(f"<section id='s{i}'><h2>{html.escape(heading)}</h2>")
@@ -96,8 +103,9 @@ table.settings {{ border-collapse: collapse; font-size: 0.85rem; }}
 table.settings th, table.settings td {{ border: 1px solid #ddd; padding: 4px 8px; text-align: left;
   vertical-align: top; }}
 table.settings td {{ font-family: monospace; word-break: break-all; }}
+p.note {{ font-size: 0.85rem; color: #666; }}
 </style></head>
-<body><h1>{html.escape(title)}</h1><ul>{toc}<li><a href='#settings'>Settings</a></li></ul>
+<body><h1>{html.escape(title)}</h1>{needs}<ul>{toc}<li><a href='#settings'>Settings</a></li></ul>
 {"".join(body)}
 <section id='settings'><h2>Settings</h2>{_settings_table(settings)}</section>
 </body></html>
@@ -106,12 +114,15 @@ table.settings td {{ font-family: monospace; word-break: break-all; }}
     return path
 
 
-def _browser_hint() -> str:
-    return (
-        "static export needs kaleido>=1 (pip install 'okdph-landscape[export]') and a Chromium "
-        "(Debian/Ubuntu: apt-get install chromium; or set BROWSER_PATH to a Chrome binary); "
-        "HTML and JSON were written"
-    )
+_NO_KALEIDO = (
+    "static export needs the kaleido package (pip install 'okdph-landscape[export]'); "
+    "HTML and JSON were written"
+)
+_NO_BROWSER = (
+    "static export needs a Chromium, which kaleido drives, and none was found (Debian/Ubuntu: "
+    "apt-get install chromium; or set BROWSER_PATH to a Chrome or Chromium binary); "
+    "HTML and JSON were written"
+)
 
 
 def find_browser() -> str | None:
@@ -154,10 +165,10 @@ def export_figures(
     try:
         import kaleido  # noqa: F401
     except ImportError:
-        raise ExportUnavailable(_browser_hint()) from None
+        raise ExportUnavailable(_NO_KALEIDO) from None
     browser = find_browser()
     if browser is None:
-        raise ExportUnavailable(_browser_hint())
+        raise ExportUnavailable(_NO_BROWSER)
     os.environ.setdefault("BROWSER_PATH", browser)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -170,6 +181,6 @@ def export_figures(
         pio.write_images(figs, [str(p) for p in paths], width=width, height=height, scale=scale)
     except Exception as err:  # kaleido reports a missing/broken browser with several types
         if "chrom" in str(err).lower() or "browser" in str(err).lower():
-            raise ExportUnavailable(_browser_hint()) from None
+            raise ExportUnavailable(_NO_BROWSER) from None
         raise
     return paths

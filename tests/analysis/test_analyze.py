@@ -19,6 +19,7 @@ def test_full_suite_on_our_layout(tiny_run):
     out = tiny_run / "analysis"
     assert outcome.out == out and outcome.report == out / "report.html"
     keys = set(summary["records"])
+    assert not (out / "partial").exists()  # surfaces' chunks go once their pieces are stored
     for member in ("student_0", "student_1", "hybrid"):
         for analysis in ("eigen", "trace", "density", "sharpness", "surface"):
             assert f"epoch_0002/{member}/{analysis}" in keys
@@ -248,3 +249,26 @@ def test_analyses_list_is_complete():
         "surface",
         "trajectory",
     }
+
+
+def test_non_finite_weights_are_refused_in_one_sentence(tiny_run, capsys):
+    path = tiny_run / "checkpoints" / "epoch_0002.pt"
+    ckpt = torch.load(path, weights_only=True)
+    first = next(iter(ckpt["models"]["student_1"]))
+    ckpt["models"]["student_1"][first].view(-1)[0] = float("nan")
+    torch.save(ckpt, path)
+    argv = ["analyze", str(tiny_run), "--analyses", "eigen", "--no-progress", *CLI_FAST]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert "student_1 at epoch 2 has non-finite weights" in err
+
+
+def test_off_a_terminal_progress_is_plain_lines(tiny_run, capsys, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    analyze_run(tiny_run, fast_settings(analyses=("eigen",)), show_progress=True)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("landscape: ")]
+    assert lines[0] == "landscape: 3 of 3 pieces to compute (0 stored)"
+    assert lines[-1].startswith("landscape: piece 3/3 done (epoch_0002/")
+    assert "elapsed" in lines[-1] and "left" in lines[-1]

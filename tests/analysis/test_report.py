@@ -68,8 +68,11 @@ def test_static_export_writes_png_svg_pdf(tmp_path):
 
 def test_without_a_browser_html_and_json_are_still_written(tiny_run, monkeypatch):
     monkeypatch.setattr(report_module, "find_browser", lambda: None)
-    with pytest.raises(ExportUnavailable, match="apt-get install chromium"):
+    with pytest.raises(
+        ExportUnavailable, match="needs a Chromium.*apt-get install chromium"
+    ) as err:
         export_figures({"x": go.Figure()}, tiny_run, ["png"])
+    assert "pip install" not in str(err.value)  # kaleido is installed: name only what is missing
     outcome = analyze_run(
         tiny_run,
         fast_settings(analyses=("eigen",)),
@@ -84,3 +87,23 @@ def test_without_a_browser_html_and_json_are_still_written(tiny_run, monkeypatch
     assert list((outcome.out / "figures").glob("*.json")) and not list(
         (outcome.out / "figures").glob("*.png")
     )
+
+
+def test_self_contained_report_travels_alone(tiny_run, tmp_path):
+    out = tmp_path / "alone"
+    outcome = analyze_run(
+        tiny_run,
+        fast_settings(analyses=("eigen",)),
+        out=out,
+        self_contained=True,
+        show_progress=False,
+    )
+    html = outcome.report.read_text()
+    assert "<script src='plotly.min.js'>" not in html and not (out / "plotly.min.js").exists()
+    assert len(html) > 3_000_000 and "plotly.js v" in html[:5_000_000]
+    assert "--self-contained" not in html  # no note about a file it does not need
+    beside = analyze_run(tiny_run, fast_settings(analyses=("eigen",)), show_progress=False)
+    assert "landscape analyze --self-contained" in beside.report.read_text()
+    # --resume keeps the choice
+    again = analyze_run(tiny_run, out=out, resume=True, show_progress=False)
+    assert "<script src='plotly.min.js'>" not in again.report.read_text()

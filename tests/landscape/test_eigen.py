@@ -220,3 +220,76 @@ def test_pyhessian_agrees_on_the_largest_magnitude_eigenvalue():
     )
     assert ours == pytest.approx(exact, rel=1e-5)
     assert theirs[0] == pytest.approx(exact, rel=1e-2)
+
+
+def _clustered(n: int = 200) -> torch.Tensor:
+    """Top eigenvalues 5, 4.95, 4.9 above a bulk in [-1, 3] (the audit's hard case)."""
+    bulk = torch.linspace(-1.0, 3.0, n - 3, dtype=DTYPE)
+    return torch.cat([torch.tensor([5.0, 4.95, 4.9], dtype=DTYPE), bulk])
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_clustered_tops_converged_claims_are_true_on_many_seeds(k):
+    """With the gap-based bound as stopping rule, many seeds stopped off by 1-2% with bounds of
+    1e-4; the certified residual bound must hold for every converged value on every seed."""
+    eigenvalues = _clustered()
+    a = matrix_with_spectrum(eigenvalues)
+    exact = torch.sort(eigenvalues, descending=True).values[:k].numpy()
+    wrong = 0
+    for seed in range(40):
+        pairs = extreme_eigenpairs(
+            lambda v: a @ v,
+            torch.randn(200, generator=torch.Generator().manual_seed(seed), dtype=DTYPE),
+            k=k,
+            tol=1e-4,
+            max_matvec=400,
+        )
+        assert pairs.converged.all()
+        # Each value is within its bound of an eigenvalue ...
+        gaps = np.abs(pairs.values[:, None] - eigenvalues.numpy()[None, :]).min(axis=1)
+        assert np.all(gaps <= pairs.bounds)
+        # ... and a Ritz value never exceeds the eigenvalue of its rank (Cauchy interlacing).
+        assert np.all(pairs.values <= exact + 1e-12)
+        wrong += int(np.any(np.abs(pairs.values - exact) > 1e-4 * exact))
+    # The certificate is about *an* eigenvalue; missing one altogether stays possible, and rare.
+    assert wrong <= 2
+
+
+def test_multiplicity_three_and_a_null_space():
+    eigenvalues = torch.cat(
+        [torch.tensor([3.0, 3.0, 3.0, 1.0], dtype=DTYPE), torch.zeros(96, dtype=DTYPE)]
+    )
+    a = matrix_with_spectrum(eigenvalues)
+    gen = torch.Generator().manual_seed(0)
+    pairs = extreme_eigenpairs(
+        lambda v: a @ v,
+        torch.randn(100, generator=gen, dtype=DTYPE),
+        k=2,
+        which="both",
+        tol=1e-8,
+        new_direction=lambda: torch.randn(100, generator=gen, dtype=DTYPE),
+    )
+    assert pairs.converged.all()
+    # The null space is reached (an eigenvalue 0 converges to the products' accuracy) and the
+    # fresh direction after it brings a second copy of 3 into the Krylov space.
+    np.testing.assert_allclose(pairs.values, [3.0, 3.0, 0.0, 0.0], atol=1e-8)
+    exact = eigenvalues.numpy()
+    gaps = np.abs(pairs.values[:, None] - exact[None, :]).min(axis=1)
+    assert np.all(gaps <= pairs.bounds)
+
+
+def test_float32_product_error_is_measured_not_assumed():
+    eigenvalues = torch.linspace(-1.0, 16.0, 300, dtype=torch.float64)
+    a32 = matrix_with_spectrum(eigenvalues).float()
+    pairs = extreme_eigenpairs(
+        lambda v: a32 @ v,
+        torch.randn(300, generator=torch.Generator().manual_seed(0)),
+        k=2,
+        tol=1e-4,
+        max_matvec=300,
+    )
+    # float32 products of a unit vector carry about 1e-6 of ||H|| = 16; the bounds say so
+    # (the old floor-free gap bounds reported 1e-16 here).
+    assert 1e-7 < pairs.product_error < 1e-3
+    assert np.all(pairs.bounds >= pairs.product_error)
+    assert np.all(np.abs(pairs.values - [16.0, eigenvalues[-2].item()]) <= pairs.bounds)

@@ -35,13 +35,21 @@ def _error_line(capsys):
         (["train", "--set", "augment=shift+wobble"], "unknown augmentation 'wobble'"),
         (["train", "--set", "augment=shift,shift"], "needs 1 or 3"),
         (["train", "--set", "noequals"], "is not of the form key=value"),
+        (["train", "--set", "epochs=-1"], "epochs must be at least 1, not -1"),
+        (["train", "--set", "epochs=0"], "epochs must be at least 1, not 0"),
+        (["train", "--set", "batch_size=0"], "batch_size must be at least 1"),
+        (["train", "--set", "optim.lr=-1"], "optim.lr must be positive, not -1"),
+        (["train", "--set", "optim.momentum=1.5"], "optim.momentum must be in [0, 1)"),
+        (["train", "--set", "optim.milestones=(0.5,2)"], "optim.milestones are fractions"),
+        (["train", "--set", "save_every=0"], "save_every must be at least 1"),
+        (["train", "--set", "init=random"], "init must be auto, shared or independent"),
     ],
 )
 def test_user_errors_exit_2_with_one_sentence(argv, fragment, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = _error_line(capsys)
     assert err.startswith("okdph: error: ") and fragment in err
-    assert not (tmp_path / "run" / "run.json").exists()
+    assert not (tmp_path / "run").exists()  # nothing is created before the config is valid
 
 
 def test_resume_of_something_that_is_not_a_run(tmp_path, capsys):

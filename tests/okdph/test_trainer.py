@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -202,3 +204,49 @@ def test_channels_last_and_bf16_autocast_options(tmp_path):
     run, metrics = trainer.train(amp, tmp_path / "amp", progress=False, max_batches=2)
     assert run.read_info()["environment"]["amp"] == "bfloat16 autocast"
     assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_written_files_get_the_umask_mode_not_the_temporary_files(tmp_path):
+    from okdph.run import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "shared.json", b"{}")
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "private.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+
+
+def test_an_unexpected_error_is_recorded_as_failed(tmp_path, monkeypatch):
+    def broken(self):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(trainer.Trainer, "train_epoch", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer.train(_cfg(), tmp_path / "run", progress=False)
+    info = RunDir(tmp_path / "run").read_info()
+    assert info["status"] == "failed" and info["error"] == "RuntimeError: out of memory, say"
+
+
+def test_keep_every_keeps_the_last_and_every_kth_and_resumes(tmp_path):
+    cfg = apply_overrides(_cfg(), ["epochs=5", "keep_every=2"])
+    run, _ = trainer.train(cfg, tmp_path / "run", progress=False, max_batches=1)
+    assert [c.epoch for c in run.checkpoints()] == [0, 2, 4, 5]
+    assert sorted(p.name for p in run.checkpoint_dir.glob("*.json")) == [
+        "epoch_0000.json",
+        "epoch_0002.json",
+        "epoch_0004.json",
+        "epoch_0005.json",
+    ]
+    # A stopped run keeps its last checkpoint, so it resumes from there.
+    stopped = trainer.Trainer(build_session(cfg), RunDir(tmp_path / "stopped"), progress=False)
+    stopped.run.path.mkdir()
+    stopped.run.write_info(describe_run(stopped.s))
+    stopped.max_batches = 1
+    stopped.fit(stop_at=3)
+    assert [c.epoch for c in stopped.run.checkpoints()] == [0, 2, 3]
+    resumed, _ = trainer.resume(stopped.run.path, progress=False, max_batches=1)
+    assert [c.epoch for c in resumed.checkpoints()] == [0, 2, 4, 5]
