@@ -13,9 +13,10 @@ pieces, and under ``torch.distributed`` the engines share each piece's work acro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -314,22 +315,40 @@ def analyze_run(
                 f"{member} at epoch {epoch} has non-finite weights (NaN or inf in {bad[0]}); "
                 f"the run diverged there: analyse an earlier epoch with --epochs"
             )
-    rank, _ = rank_and_world()
-    if rank == 0:
-        store.write_settings(
-            {
-                "settings": settings.to_dict(),
-                "formats": list(formats),
-                "self_contained": self_contained,
-                "run": str(run.path),
-                "arch": arch,
-                "data": data,
-            }
+    rank, world = rank_and_world()
+    with _exclusive(store, rank, world):
+        if rank == 0:
+            store.write_settings(
+                {
+                    "settings": settings.to_dict(),
+                    "formats": list(formats),
+                    "self_contained": self_contained,
+                    "run": str(run.path),
+                    "arch": arch,
+                    "data": data,
+                }
+            )
+        records, computed = run_pieces(pieces, store, show_progress and rank == 0)
+        files = {p.key: store.data_file(p.key) for p, _ in pieces}
+        summary = build_summary(run, settings.to_dict(), records, files, computed)
+        report, message = (
+            write_outputs(summary, out, formats, self_contained) if rank == 0 else (None, None)
         )
-    records, computed = run_pieces(pieces, store, show_progress and rank == 0)
-    files = {p.key: store.data_file(p.key) for p, _ in pieces}
-    summary = build_summary(run, settings.to_dict(), records, files, computed)
-    report, message = (
-        write_outputs(summary, out, formats, self_contained) if rank == 0 else (None, None)
-    )
     return AnalysisOutcome(summary, out, report, computed, message)
+
+
+@contextlib.contextmanager
+def _exclusive(store: ResultsStore, rank: int, world: int) -> Iterator[None]:
+    """Rank 0 holds the store's lock for the whole analysis; every rank learns if it was refused
+    (so none waits forever at the next collective)."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if rank == 0:
+            try:
+                stack.enter_context(store.lock())
+            except LandscapeError as err:
+                refused = str(err)
+        refused = broadcast(refused, world)
+        if refused is not None:
+            raise LandscapeError(refused)
+        yield

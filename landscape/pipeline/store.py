@@ -8,6 +8,7 @@
       partial/<piece key>/      chunk stores of surfaces still being computed (removed once stored)
       summary.json              every number, gathered from the pieces
       report.html, figures/     written from the stored records
+      .lock                     held (flock) by the analysis running in the folder
 
 A piece is kept when its fingerprint (a hash of its settings and of the checkpoint files it reads)
 matches, so a re-run or a resume computes only what is missing, and a changed setting or a
@@ -16,13 +17,21 @@ retrained run recomputes exactly the pieces it affects. Every file is written at
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one analysis per folder is then on the user
+    fcntl = None
+
+from landscape.core.errors import LandscapeError
 from landscape.core.records import json_safe
 from okdph.run import atomic_write_bytes
 
@@ -95,6 +104,34 @@ class ResultsStore:
                     parent.rmdir()
                 except OSError:
                     break
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder's lock (``.lock``) while analysing, so that two processes never
+        interleave one store. The lock is the kernel's (``flock``): it goes with its process,
+        a ``kill -9`` included, so it is never stale."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        with open(path, "a+") as handle:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    raise LandscapeError(
+                        f"{self.root} is being analysed by {holder}; wait for it to finish or "
+                        f"choose another --out"
+                    ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
 
     def data_file(self, key: str) -> str:
         """Path of a piece's data file relative to the store root."""

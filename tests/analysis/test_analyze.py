@@ -272,3 +272,16 @@ def test_off_a_terminal_progress_is_plain_lines(tiny_run, capsys, monkeypatch):
     assert lines[0] == "landscape: 3 of 3 pieces to compute (0 stored)"
     assert lines[-1].startswith("landscape: piece 3/3 done (epoch_0002/")
     assert "elapsed" in lines[-1] and "left" in lines[-1]
+
+
+def test_a_second_analysis_of_the_same_folder_is_refused(tiny_run, capsys):
+    from landscape.pipeline.store import ResultsStore
+
+    with ResultsStore(tiny_run / "analysis").lock():
+        argv = ["analyze", str(tiny_run), "--analyses", "eigen", "--no-progress", *CLI_FAST]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "Traceback" not in err and len(err.splitlines()) == 1
+        assert "is being analysed by process" in err
+    # Released with its holder: the same call now runs.
+    assert main(argv) == 0
