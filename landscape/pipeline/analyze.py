@@ -98,11 +98,13 @@ def select_epochs(run: Run, spec: str) -> list[int]:
 
 
 # ---- planning and running -----------------------------------------------------------------------
-def plan(ctx: Context, store: ResultsStore) -> list[tuple[Piece, str]]:
-    """Every piece the settings ask for, with its fingerprint."""
+def plan(
+    ctx: Context, store: ResultsStore, analyses: tuple[str, ...] | None = None
+) -> list[tuple[Piece, str]]:
+    """Every piece the settings ask for (or of ``analyses``), with its fingerprint."""
     run, s = ctx.run, ctx.s
     epochs = select_epochs(run, s.epochs)
-    wanted = set(s.analyses)
+    wanted = set(s.analyses if analyses is None else analyses)
     values = s.to_dict()
     pieces: list[tuple[Piece, str]] = []
 
@@ -329,6 +331,12 @@ def analyze_run(
                 }
             )
         records, computed = run_pieces(pieces, store, show_progress and rank == 0)
+        # The report shows every result the store holds for these settings, not only the
+        # analyses asked for this time (a subset re-run must not hide earlier results).
+        extra = [(p, fp) for p, fp in plan(ctx, store, ANALYSES) if p.key not in records]
+        held = {p.key: r for p, fp in extra if (r := store.get(p.key, fp)) is not None}
+        records = {**records, **held}
+        pieces = pieces + [(p, fp) for p, fp in extra if p.key in held]
         files = {p.key: store.data_file(p.key) for p, _ in pieces}
         summary = build_summary(run, settings.to_dict(), records, files, computed)
         report, message = (

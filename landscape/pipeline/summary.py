@@ -130,6 +130,7 @@ def write_outputs(
     sections = build_sections(summary)
     figures = {stem: fig for _, _, figs in sections for stem, fig in figs}
     report = None
+    _remove_stale_figures(out / "figures", set(figures))
     if "json" in formats:
         for stem, fig in figures.items():
             atomic_write_bytes(out / "figures" / f"{stem}.json", fig.to_json().encode())
@@ -161,6 +162,15 @@ def write_outputs(
         except ExportUnavailable as err:
             message = str(err)
     return report, message
+
+
+def _remove_stale_figures(folder: Path, current: set[str]) -> None:
+    """Remove figure files of results the report no longer shows, so figures/ matches it."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.suffix in (".json", ".png", ".svg", ".pdf") and path.stem not in current:
+            path.unlink(missing_ok=True)
 
 
 def stdout_table(summary: Mapping[str, Any]) -> str:

@@ -285,3 +285,19 @@ def test_a_second_analysis_of_the_same_folder_is_refused(tiny_run, capsys):
         assert "is being analysed by process" in err
     # Released with its holder: the same call now runs.
     assert main(argv) == 0
+
+
+def test_a_subset_rerun_keeps_stored_results_and_figures_match_the_report(tiny_run):
+    analyze_run(tiny_run, fast_settings(analyses=("eigen", "interp")), show_progress=False)
+    figures = tiny_run / "analysis" / "figures"
+    assert list(figures.glob("spectrum_*.json"))
+    subset = analyze_run(tiny_run, fast_settings(analyses=("interp",)), show_progress=False)
+    assert subset.computed == 0
+    assert "epoch_0002/student_0/eigen" in subset.summary["records"]  # stored, still reported
+    assert "Curvature at epoch 2" in subset.report.read_text()
+    assert list(figures.glob("spectrum_*.json"))
+    # Under other eigenvalue settings the stored spectra no longer apply: gone from both.
+    other = analyze_run(tiny_run, fast_settings(analyses=("interp",), k=3), show_progress=False)
+    assert "epoch_0002/student_0/eigen" not in other.summary["records"]
+    assert not list(figures.glob("spectrum_*.json"))
+    assert list(figures.glob("interp_*.json"))
