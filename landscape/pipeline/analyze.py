@@ -98,13 +98,11 @@ def select_epochs(run: Run, spec: str) -> list[int]:
 
 
 # ---- planning and running -----------------------------------------------------------------------
-def plan(
-    ctx: Context, store: ResultsStore, analyses: tuple[str, ...] | None = None
-) -> list[tuple[Piece, str]]:
-    """Every piece the settings ask for (or of ``analyses``), with its fingerprint."""
+def plan(ctx: Context, store: ResultsStore) -> list[tuple[Piece, str]]:
+    """Every piece of every analysis under these settings, with its fingerprint; the caller
+    computes those of the analyses asked for and reports every one the store holds."""
     run, s = ctx.run, ctx.s
     epochs = select_epochs(run, s.epochs)
-    wanted = set(s.analyses if analyses is None else analyses)
     values = s.to_dict()
     pieces: list[tuple[Piece, str]] = []
 
@@ -123,8 +121,6 @@ def plan(
         for member in members:
             digest = ctx.ckpt_digest(epoch, (member,))
             for analysis in PER_MEMBER:
-                if analysis not in wanted:
-                    continue
                 key = f"{tag}/{member}/{analysis}"
                 if analysis in ("eigen", "trace", "density"):
                     fn = partial(curvature_record, ctx, epoch, member, analysis)
@@ -133,23 +129,22 @@ def plan(
                 else:
                     fn = partial(random_surface_record, ctx, epoch, member, store.partial_dir(key))
                 add(Piece(key, analysis, epoch, (member,), fn), digest)
-        if "interp" in wanted:
-            pairs = list(itertools.combinations(networks, 2)) + [
-                (n, h) for h in hybrids for n in networks
-            ]
-            for a, b in pairs:
-                key = f"{tag}/interp/{a}--{b}"
-                add(
-                    Piece(
-                        key,
-                        "interp",
-                        epoch,
-                        (a, b),
-                        partial(interpolation_record, ctx, epoch, a, b),
-                    ),
-                    ctx.ckpt_digest(epoch, (a, b)),
-                )
-        if "plane" in wanted and len(networks) >= 2 and (hybrids or len(networks) >= 3):
+        pairs = list(itertools.combinations(networks, 2)) + [
+            (n, h) for h in hybrids for n in networks
+        ]
+        for a, b in pairs:
+            key = f"{tag}/interp/{a}--{b}"
+            add(
+                Piece(
+                    key,
+                    "interp",
+                    epoch,
+                    (a, b),
+                    partial(interpolation_record, ctx, epoch, a, b),
+                ),
+                ctx.ckpt_digest(epoch, (a, b)),
+            )
+        if len(networks) >= 2 and (hybrids or len(networks) >= 3):
             trio = (networks[0], networks[1], hybrids[0] if hybrids else networks[2])
             key = f"{tag}/plane/{'--'.join(trio)}"
             add(
@@ -162,7 +157,7 @@ def plan(
                 ),
                 ctx.ckpt_digest(epoch, trio),
             )
-    if "trajectory" in wanted and len(run.checkpoints) >= 3:
+    if len(run.checkpoints) >= 3:
         last = epochs[-1]
         traj_epochs = [c.epoch for c in run.checkpoints if c.epoch <= last]
         networks = [
@@ -304,7 +299,8 @@ def analyze_run(
             f"{run.path} has no member {unknown_members[0]!r}; members: {', '.join(run.members)}"
         )
     ctx = Context(run, settings, show_progress)
-    pieces = plan(ctx, store)
+    planned = plan(ctx, store)
+    pieces = [(p, fp) for p, fp in planned if p.analysis in settings.analyses]
     # Fail on a checkpoint that does not fit its architecture, or whose weights are not finite,
     # before spending any compute.
     for epoch, member in sorted(
@@ -333,7 +329,7 @@ def analyze_run(
         records, computed = run_pieces(pieces, store, show_progress and rank == 0)
         # The report shows every result the store holds for these settings, not only the
         # analyses asked for this time (a subset re-run must not hide earlier results).
-        extra = [(p, fp) for p, fp in plan(ctx, store, ANALYSES) if p.key not in records]
+        extra = [(p, fp) for p, fp in planned if p.key not in records]
         held = {p.key: r for p, fp in extra if (r := store.get(p.key, fp)) is not None}
         records = {**records, **held}
         pieces = pieces + [(p, fp) for p, fp in extra if p.key in held]
