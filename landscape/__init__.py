@@ -10,8 +10,10 @@ from landscape.core.errors import LandscapeError
 from landscape.core.selection import select_parameters
 from landscape.curvature.density import Density, spectral_density
 from landscape.curvature.eigenvalues import Spectrum, top_eigenvalues
+from landscape.curvature.layers import LayerCurvature, layer_curvature, parameter_groups
 from landscape.curvature.products import HessianOperator
 from landscape.curvature.trace import Trace, hessian_trace
+from landscape.geometry.ascent import auto_pgd
 from landscape.geometry.batchnorm import BN_POLICIES, recalibrate
 from landscape.geometry.chunks import ChunkStore
 from landscape.geometry.directions import (
@@ -44,6 +46,9 @@ __all__ = [
     "Trace",
     "Density",
     "HessianOperator",
+    "layer_curvature",
+    "LayerCurvature",
+    "parameter_groups",
     # geometry
     "interpolate",
     "Curve",
@@ -55,6 +60,7 @@ __all__ = [
     "plane_grid",
     "sharpness",
     "Sharpness",
+    "auto_pgd",
     # weights, directions, subspaces, BatchNorm
     "as_state",
     "combine",

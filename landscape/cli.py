@@ -13,6 +13,8 @@ EXAMPLES = """examples:
   landscape analyze runs/demo --formats html,json,png,pdf --grid 31 --samples 2000
   landscape analyze ckpt/cifar10/resnet32_our --arch resnet32 --data cifar10   # reference layout
   landscape analyze runs/demo --resume             # finish an interrupted analysis
+  landscape analyze runs/study                     # every run of an `okdph sweep` study
+  landscape compare runs/study                     # statistics over its runs -> runs/study/compare/
   landscape hessian runs/demo --member hybrid --json
   landscape interp runs/demo --start student_0 --end hybrid --json
   landscape surface runs/demo --member student_0 --grid 11 --json
@@ -45,7 +47,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from landscape.pipeline.analyze import ANALYSES
+    from landscape.pipeline.analyze import ANALYSES, DEFAULT_ANALYSES
 
     parser = argparse.ArgumentParser(
         prog="landscape",
@@ -67,8 +69,48 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--members", help="comma-separated members (default: all)")
     a.add_argument(
         "--analyses",
-        default=",".join(ANALYSES),
-        help=f"comma-separated subset of {','.join(ANALYSES)}",
+        default=",".join(DEFAULT_ANALYSES),
+        help=f"comma-separated subset of {','.join(ANALYSES)} (default: all but layers)",
+    )
+    a.add_argument("--k", type=int, default=5, help="eigenvalues at each end (default %(default)s)")
+    a.add_argument("--tol", type=float, default=1e-3, help="eigenvalue relative tolerance")
+    a.add_argument(
+        "--trace-rtol", type=float, default=0.05, help="trace relative standard error target"
+    )
+    a.add_argument(
+        "--certify-top",
+        type=float,
+        default=0.01,
+        help="failure probability of the search for missed eigenvalues (0: no search)",
+    )
+    a.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="also the top eigenvalue and trace of each layer's Hessian block (adds 'layers')",
+    )
+    a.add_argument(
+        "--layer-depth",
+        type=int,
+        default=2,
+        help="module-path components that name a layer (default %(default)s)",
+    )
+    a.add_argument(
+        "--rho-worst",
+        type=_radii,
+        default=(0.1, 0.25, 0.5),
+        help="worst-case sharpness radii, relative to |w| (default 0.1,0.25,0.5)",
+    )
+    a.add_argument(
+        "--rho-average",
+        type=_radii,
+        default=(0.01, 0.02, 0.05),
+        help="average-case sharpness radii, relative to |w| (default 0.01,0.02,0.05)",
+    )
+    a.add_argument(
+        "--sharpness-m",
+        type=int,
+        default=128,
+        help="samples per group of worst-case m-sharpness (default %(default)s)",
     )
     a.add_argument("--test-samples", type=int, help="test samples for curves (default: --samples)")
     a.add_argument(
@@ -90,6 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="finish the previous analysis in --out with its settings",
     )
     a.set_defaults(handler=cmd_analyze)
+
+    c = sub.add_parser(
+        "compare",
+        help="statistics over analysed runs: per method, paired contrasts, verdicts",
+    )
+    c.add_argument("paths", nargs="+", type=Path, help="a study directory, or run directories")
+    c.add_argument("--out", type=Path, help="output folder (default STUDY/compare or ./compare)")
+    c.add_argument("--reference", help="method the others are contrasted with (default: okdph)")
+    c.add_argument(
+        "--max-train-error",
+        type=float,
+        default=0.01,
+        help="runs kept for flatness-vs-generalisation correlations (default %(default)s)",
+    )
+    c.add_argument("--formats", default="html,json", help="html,json,png,svg,pdf")
+    c.add_argument("--self-contained", action="store_true", help="inline plotly.js in the report")
+    c.set_defaults(handler=cmd_compare)
 
     h = sub.add_parser("hessian", help="extreme eigenvalues, trace and density of one member")
     _add_run_options(h)
@@ -121,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(handler=cmd_surface)
     return parser
+
+
+def _radii(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(r) for r in text.split(",") if r)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected radii like 0.1,0.5, not {text!r}") from None
 
 
 def _settings(args: argparse.Namespace, **extra):
@@ -157,7 +223,63 @@ def init_distributed() -> int:
     return dist.get_rank()
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from landscape.study.compare import compare_runs, load_runs
+    from landscape.study.outputs import write_compare
+
+    study, runs = load_runs(args.paths)
+    result = compare_runs(
+        runs, reference=args.reference, study=study, max_train_error=args.max_train_error
+    )
+    default = args.paths[0] / "compare" if study is not None else Path("compare")
+    out = args.out or default
+    formats = tuple(f for f in args.formats.split(",") if f)
+    written, note = write_compare(result, runs, out, formats, args.self_contained)
+    print(f"{len(runs)} runs, methods: {', '.join(result['methods'])}")
+    for line in result["verdicts"]:
+        print(line)
+    for line in result["caveats"]:
+        print(f"caveat: {line}")
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"results: {out}")
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
+    if (args.run_dir / "study.json").exists():
+        return _analyze_study(args)
+    return _analyze_one(args)
+
+
+def _analyze_study(args: argparse.Namespace) -> int:
+    """Analyse every run of a study with the same settings (finished pieces are skipped)."""
+    from landscape.study.collect import study_runs
+
+    if args.out is not None:
+        raise_error = "--out does not apply to a study: each run is analysed into RUN/analysis"
+        from landscape.core.errors import LandscapeError
+
+        raise LandscapeError(raise_error)
+    _, runs = study_runs(args.run_dir)
+    missing = [p.name for p, _ in runs if not (p / "run.json").exists()]
+    if missing:
+        from landscape.core.errors import LandscapeError
+
+        raise LandscapeError(
+            f"{len(missing)} run(s) of the study are not trained yet ({missing[0]} ...); "
+            "finish them with `okdph sweep` first"
+        )
+    for i, (path, _) in enumerate(runs, 1):
+        print(f"[{i}/{len(runs)}] {path.name}", file=sys.stderr, flush=True)
+        args.run_dir = path
+        code = _analyze_one(args)
+        if code:
+            return code
+    return 0
+
+
+def _analyze_one(args: argparse.Namespace) -> int:
     from landscape.pipeline.analyze import analyze_run
     from landscape.pipeline.summary import stdout_table
 
@@ -169,7 +291,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         grid=args.grid,
         members=tuple(m for m in (args.members or "").split(",") if m),
-        analyses=tuple(a for a in args.analyses.split(",") if a),
+        analyses=tuple(a for a in args.analyses.split(",") if a)
+        + (("layers",) if args.per_layer and "layers" not in args.analyses else ()),
+        layer_depth=args.layer_depth,
+        k=args.k,
+        tol=args.tol,
+        trace_rtol=args.trace_rtol,
+        certify_top=args.certify_top,
+        rho_worst=args.rho_worst,
+        rho_average=args.rho_average,
+        sharpness_m=args.sharpness_m,
     )
     formats = tuple(f for f in args.formats.split(",") if f)
     outcome = analyze_run(

@@ -10,18 +10,31 @@ from __future__ import annotations
 
 DEFINITIONS: dict[str, str] = {
     "eigen": (
-        "eigen/2: Ritz values of thick-restart Lanczos on the dataset-loss Hessian; converged "
-        "when the residual is below tol * |value| + the measured product error (Krylov-Weinstein)"
+        "eigen/3: Ritz values of thick-restart Lanczos on the dataset-loss Hessian; converged "
+        "when the residual is below tol * |value| + the measured product error (Krylov-Weinstein); "
+        "with certify_top, searches orthogonal to the returned vectors merge what they find"
     ),
     "trace": (
         "trace/2: adaptive Hutch++ (Rademacher probes); the final stage's pilot plans the probe "
         "count, fresh probes give the estimate and a Student-t interval"
     ),
     "density": "density/1: stochastic Lanczos quadrature, Gaussian broadening",
-    "sharpness": "sharpness/1: loss increase in a (|w|-scaled) ball; worst case by normalised ascent",
+    "sharpness": (
+        "sharpness/2: loss increase in a (|w|-scaled) ball, BatchNorm statistics fixed at the "
+        "centre; worst case by Auto-PGD (m-sharpness: mean over groups of m samples), average "
+        "case over antithetic Gaussian pairs to a relative standard error"
+    ),
     "interp": (
         "barrier/2: chord barrier max over alpha in [0, 1] of "
         "f(alpha) - ((1 - alpha) f(0) + alpha f(1)), for the loss and the error (1 - accuracy)"
+    ),
+    "fit": (
+        "fit/1: loss and accuracy on the whole un-augmented train split and the test split, "
+        "eval mode; gaps test - train loss and train - test accuracy; L2 norm of the parameters"
+    ),
+    "layers": (
+        "layers/1: per parameter group (module path to a depth), the top Ritz value and the "
+        "Hutch++ trace of the Hessian's diagonal block"
     ),
     "surface": "surface/1: loss and accuracy at centre + sum_k x_k d_k",
 }

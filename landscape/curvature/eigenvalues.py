@@ -26,6 +26,7 @@ from landscape.core.distributed import is_rank0
 from landscape.core.errors import LandscapeError
 from landscape.core.progress import progress
 from landscape.core.records import ResultMixin
+from landscape.curvature.certify import ComplementSearch, certified_solve
 from landscape.curvature.lanczos import WHICH, extreme_eigenpairs
 from landscape.curvature.products import (
     HessianOperator,
@@ -37,10 +38,23 @@ from landscape.curvature.products import (
 )
 
 CERTIFICATE = (
-    "each converged value is within its error bound of an eigenvalue of H (Krylov-Weinstein, "
+    "(i) each converged value is within its error bound of an eigenvalue of H (Krylov-Weinstein, "
     "widened by the measured product error); Ritz values of the top end are lower bounds of the "
     "top eigenvalues; that no eigenvalue beyond the returned ones was missed is not proved"
 )
+
+
+def _certificate(search: ComplementSearch | None, added: int) -> str:
+    if search is None:
+        return CERTIFICATE
+    return (
+        f"{CERTIFICATE.split('; that no')[0]}; (ii) a {search.steps}-step Lanczos search "
+        f"orthogonal to the returned vectors found nothing beyond them ({added} eigenvalue(s) "
+        f"it found were added); (iii) with probability >= {1 - search.delta:g} over its random "
+        f"start, H has no eigenvalue orthogonal to them above {search.top:.6g} + {search.eps:.3g}"
+        f" x (the complement's spectral width), and likewise below {search.bottom:.6g} "
+        "(Kuczynski-Wozniakowski 1992)"
+    )
 
 
 @dataclass(frozen=True)
@@ -59,9 +73,14 @@ class Spectrum(ResultMixin):
             bounds only; the product error lets a zero eigenvalue converge).
         product_error: measured error of one Hessian-vector product of a unit vector (repeated
             product and symmetry defect; see :class:`landscape.curvature.lanczos.RitzPairs`).
-        certificate: what the result guarantees, in words: each converged value is within its
-            bound of *an* eigenvalue; top-end Ritz values are lower bounds of the top
-            eigenvalues; that no eigenvalue beyond the returned ones was missed is not proved.
+        certificate: what the result guarantees, in words: (i) each converged value is within
+            its bound of *an* eigenvalue, top-end Ritz values being lower bounds of the top
+            eigenvalues; with ``certify_top``, also (ii) a search orthogonal to the returned
+            vectors found nothing beyond them and (iii) the probabilistic bound of ``search``.
+        search: with ``certify_top``: the last search orthogonal to the returned vectors
+            (:class:`landscape.curvature.certify.ComplementSearch`: steps, extreme Ritz values,
+            ``eps`` and ``delta`` of the Kuczynski-Wozniakowski bound); ``added``: eigenvalues
+            the searches found and merged in (missed by the main solve).
         n_hvp: Hessian-vector products used.
         n_restarts: thick restarts of the Lanczos basis.
         k, which, tol, max_iter, basis_size, seed: the settings used.
@@ -87,6 +106,8 @@ class Spectrum(ResultMixin):
     basis_size: int | None
     seed: int
     problem: ProblemInfo
+    search: ComplementSearch | None = None
+    added: int = 0
     vectors: Tensor | None = None
     definition: str = definition("eigen")
 
@@ -115,6 +136,8 @@ def top_eigenvalues(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     distributed: bool | None = None,
+    certify_top: float | None = None,
+    search_steps: int = 20,
     show_progress: bool = True,
 ) -> Spectrum:
     """Extreme eigenvalues of the Hessian of the dataset loss, to a certified relative accuracy.
@@ -144,6 +167,11 @@ def top_eigenvalues(
         dtype: compute dtype; a different one casts a copy of the model, never the model itself.
         distributed: sum the data shards of all ``torch.distributed`` ranks (default: when
             initialised).
+        certify_top: failure probability ``delta`` of a check that nothing beyond the returned
+            values was missed (:mod:`landscape.curvature.certify`): Lanczos searches of
+            ``search_steps`` steps orthogonal to the returned vectors, whatever they find merged
+            in, and the Kuczynski-Wozniakowski bound of the last one. ``None``: no check.
+        search_steps: steps of each search (about as many extra products).
         show_progress: show a progress bar on stderr (rank 0 only when distributed).
 
     Returns:
@@ -153,6 +181,8 @@ def top_eigenvalues(
         raise LandscapeError(f"which must be one of {', '.join(WHICH)}, not {which!r}")
     if k < 1 or tol <= 0:
         raise LandscapeError("k must be at least 1 and tol positive")
+    if certify_top is not None and not 0 < certify_top < 1:
+        raise LandscapeError(f"certify_top is a probability in (0, 1), not {certify_top}")
     op = as_operator(
         model,
         loss_fn,
@@ -171,21 +201,44 @@ def top_eigenvalues(
     with progress(total=max_iter, desc="lanczos", enable=show_progress and is_rank0()) as bar:
 
         def on_step(n_matvec: int, n_converged: int) -> None:
-            bar.update(n_matvec - bar.n)
+            bar.update(max(0, n_matvec - bar.n))  # a later solve restarts its count
             bar.set_postfix(converged=f"{n_converged}/{wanted}", refresh=False)
 
-        pairs = extreme_eigenpairs(
-            op.matvec,
-            start,
-            k=k,
-            which=which,
-            tol=tol,
-            max_matvec=max_iter,
-            basis_size=basis_size,
-            return_vectors=return_vectors,
-            new_direction=lambda: gaussian((op.n,), gen, op.dtype, op.device),
-            on_step=on_step,
-        )
+        def draw() -> Tensor:
+            return gaussian((op.n,), gen, op.dtype, op.device)
+
+        def solve(matvec: Any, v0: Tensor) -> Any:
+            return extreme_eigenpairs(
+                matvec,
+                v0,
+                k=k,
+                which=which,
+                tol=tol,
+                max_matvec=max_iter,
+                basis_size=basis_size,
+                return_vectors=return_vectors or certify_top is not None,
+                new_direction=draw,
+                on_step=on_step,
+            )
+
+        search, added = None, 0
+        if certify_top is None:
+            pairs = solve(op.matvec, start)
+        else:
+            unused = [start]  # the main solve starts where it would without the check
+
+            def first_then_draw() -> Tensor:
+                return unused.pop() if unused else draw()
+
+            pairs, search, added = certified_solve(
+                solve,
+                op.matvec,
+                first_then_draw,
+                k=k,
+                which=which,
+                steps=search_steps,
+                delta=certify_top,
+            )
     return Spectrum(
         values=pairs.values,
         residuals=pairs.residuals,
@@ -193,7 +246,7 @@ def top_eigenvalues(
         estimated_bounds=pairs.estimated,
         converged=pairs.converged,
         product_error=pairs.product_error,
-        certificate=CERTIFICATE,
+        certificate=_certificate(search, added),
         n_hvp=op.n_hvp - used,
         n_restarts=pairs.n_restarts,
         k=k,
@@ -203,7 +256,9 @@ def top_eigenvalues(
         basis_size=basis_size,
         seed=seed,
         problem=op.info,
-        vectors=None if pairs.vectors is None else pairs.vectors.cpu(),
+        search=search,
+        added=added,
+        vectors=None if pairs.vectors is None or not return_vectors else pairs.vectors.cpu(),
     )
 
 

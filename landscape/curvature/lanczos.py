@@ -78,7 +78,7 @@ class RitzPairs:
     product_error: float
 
 
-def _wanted_order(theta: np.ndarray, which: str) -> np.ndarray:
+def wanted_order(theta: np.ndarray, which: str) -> np.ndarray:
     """Indices of ``theta`` from most to least wanted (both ends alternate for ``"both"``)."""
     up = np.argsort(theta, kind="stable")
     if which == "largest":
@@ -187,7 +187,7 @@ def extreme_eigenpairs(
         product_error = max(repeat_error, defect * math.sqrt(n), eps * scale)
         residuals = beta * np.abs(s[-1])
         bounds = residuals + product_error
-        order = _wanted_order(theta, which)[:wanted]
+        order = wanted_order(theta, which)[:wanted]
         ok = residuals[order] <= tol * np.abs(theta[order]) + product_error
         done = j + 1 >= wanted and bool(ok.all())
         if on_step is not None:
@@ -208,7 +208,7 @@ def extreme_eigenpairs(
             j += 1
             continue
         # Thick restart: keep the most wanted Ritz vectors, couple them to the residual.
-        keep = _wanted_order(theta, which)[: max(wanted, min(m_max - 1, (m_max + wanted) // 2))]
+        keep = wanted_order(theta, which)[: max(wanted, min(m_max - 1, (m_max + wanted) // 2))]
         s_keep = torch.from_numpy(s[:, keep]).to(basis)
         basis[: len(keep)] = s_keep.T @ basis[: j + 1]
         basis[len(keep)] = w / beta_next

@@ -378,18 +378,41 @@ class Evaluator:
         total = torch.cat(results).cpu().numpy()
         return total[:, 0] / self.n_samples, total[:, 1] / self.n_samples
 
-    def loss_and_grad(self, state: State, names: Sequence[str]) -> tuple[float, State]:
+    def sample_groups(self, m: int) -> list[list[Batch]]:
+        """The evaluation set as ``n_samples // m`` consecutive groups of ``m`` samples, each cut
+        into chunks of at most ``chunk_size`` (the remaining samples are left out)."""
+        joined = _cat(self.chunks)
+        if joined is None:
+            raise LandscapeError("sample groups need batches of one shape; got ragged batches")
+        x, y = joined
+        groups = []
+        for start in range(0, self.n_samples - m + 1, m):
+            xs, ys = x[start : start + m], y[start : start + m]
+            groups.append(
+                [
+                    (self._format(xs[i : i + self.chunk_size]), ys[i : i + self.chunk_size])
+                    for i in range(0, m, self.chunk_size)
+                ]
+            )
+        return groups
+
+    def loss_and_grad(
+        self, state: State, names: Sequence[str], chunks: Sequence[Batch] | None = None
+    ) -> tuple[float, State]:
         """Dataset loss and its gradient with respect to ``names`` (eval mode, unfolded).
 
-        The loss is the same sample-weighted mean as in ``evaluate``; gradients are accumulated
-        chunk by chunk, so memory stays that of one chunk.
+        The loss is the same sample-weighted mean as in ``evaluate``, over ``chunks`` (default:
+        the whole evaluation set); gradients are accumulated chunk by chunk, so memory stays
+        that of one chunk.
         """
+        chunks = self.chunks if chunks is None else chunks
+        n_samples = sum(int(y.shape[0]) for _, y in chunks)
         params = {n: state[n].detach().clone().requires_grad_(True) for n in names}
         full = {k: v.detach() for k, v in state.items() if k not in params}
         total = 0.0
-        for x, y in self.chunks:
+        for x, y in chunks:
             out = functional_call(self.module, {**full, **params}, (x,))
-            loss = self.loss_fn(out, y) * (y.shape[0] / self.n_samples)
+            loss = self.loss_fn(out, y) * (y.shape[0] / n_samples)
             loss.backward()
             total += float(loss.detach())
         return total, {n: p.grad.detach() for n, p in params.items()}

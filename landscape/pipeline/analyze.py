@@ -29,9 +29,11 @@ from landscape.core.progress import ProgressLines, progress
 from landscape.pipeline.runs import Run
 from landscape.pipeline.steps import (
     ANALYSES,
+    DEFAULT_ANALYSES,
     AnalyzeSettings,
     Context,
     curvature_record,
+    fit_record,
     interpolation_record,
     plane_record,
     random_surface_record,
@@ -42,6 +44,7 @@ from landscape.pipeline.store import ResultsStore, fingerprint
 
 __all__ = [
     "ANALYSES",
+    "DEFAULT_ANALYSES",
     "AnalysisOutcome",
     "AnalyzeSettings",
     "analyze_run",
@@ -50,14 +53,16 @@ __all__ = [
     "select_epochs",
 ]
 
-PER_MEMBER = ("eigen", "trace", "density", "sharpness", "surface")
+PER_MEMBER = ("fit", "eigen", "trace", "density", "sharpness", "surface", "layers")
 # The settings each analysis depends on (besides samples, batch_size, seed and bn): a piece is
 # recomputed when one of these changes, and only then.
 DEPENDS_ON = {
-    "eigen": ("k", "tol"),
+    "fit": (),
+    "eigen": ("k", "tol", "certify_top"),
     "trace": ("trace_rtol",),
+    "layers": ("layer_depth", "tol", "trace_rtol"),
     "density": ("density_runs", "density_steps"),
-    "sharpness": ("rho_average", "rho_worst"),
+    "sharpness": ("rho_average", "rho_worst", "sharpness_m"),
     "surface": ("grid", "radius"),
     "interp": ("alphas", "test_samples"),
     "plane": ("grid",),
@@ -122,10 +127,12 @@ def plan(ctx: Context, store: ResultsStore) -> list[tuple[Piece, str]]:
             digest = ctx.ckpt_digest(epoch, (member,))
             for analysis in PER_MEMBER:
                 key = f"{tag}/{member}/{analysis}"
-                if analysis in ("eigen", "trace", "density"):
+                if analysis in ("eigen", "trace", "density", "layers"):
                     fn = partial(curvature_record, ctx, epoch, member, analysis)
                 elif analysis == "sharpness":
                     fn = partial(sharpness_record, ctx, epoch, member)
+                elif analysis == "fit":
+                    fn = partial(fit_record, ctx, epoch, member)
                 else:
                     fn = partial(random_surface_record, ctx, epoch, member, store.partial_dir(key))
                 add(Piece(key, analysis, epoch, (member,), fn), digest)

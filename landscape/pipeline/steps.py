@@ -24,14 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landscape.core.definitions import definition
 from landscape.core.device import resolve_device
 from landscape.core.distributed import rank_and_world
 from landscape.core.errors import LandscapeError
 from landscape.curvature.density import spectral_density
 from landscape.curvature.eigenvalues import top_eigenvalues
+from landscape.curvature.layers import layer_curvature
 from landscape.curvature.trace import hessian_trace
 from landscape.geometry.batchnorm import batchnorm_layers, recalibrate, running_stat_names
 from landscape.geometry.directions import random_direction
+from landscape.geometry.evaluate import evaluate
 from landscape.geometry.interpolate import interpolate
 from landscape.geometry.sharpness import sharpness
 from landscape.geometry.subspace import pca_trajectory, plane_through
@@ -40,7 +43,20 @@ from landscape.geometry.weights import parameter_names
 from landscape.pipeline.runs import Checkpoint, Run
 from landscape.pipeline.store import file_digest
 
-ANALYSES = ("eigen", "trace", "density", "sharpness", "interp", "plane", "surface", "trajectory")
+DEFAULT_ANALYSES = (
+    "fit",
+    "eigen",
+    "trace",
+    "density",
+    "sharpness",
+    "interp",
+    "plane",
+    "surface",
+    "trajectory",
+)
+# Per-layer curvature costs an eigen-solve and a trace per parameter group: asked for by name
+# (or --per-layer).
+ANALYSES = (*DEFAULT_ANALYSES, "layers")
 
 
 @dataclass
@@ -49,7 +65,7 @@ class AnalyzeSettings:
 
     epochs: str = "last"  # "last", "all" or a comma-separated list of epochs
     members: tuple[str, ...] = ()  # empty: every member
-    analyses: tuple[str, ...] = ANALYSES
+    analyses: tuple[str, ...] = DEFAULT_ANALYSES
     samples: int = 512  # training samples (a seeded subset), also the BatchNorm calibration set
     test_samples: int = 512
     batch_size: int = 256
@@ -58,15 +74,21 @@ class AnalyzeSettings:
     alphas: int = 31  # points on [-0.25, 1.25] for interpolation curves
     k: int = 5  # eigenvalues at each end of the spectrum
     tol: float = 1e-3
+    # Failure probability of the search orthogonal to the returned eigenvectors that certifies
+    # nothing beyond them was missed (0: no search).
+    certify_top: float = 0.01
     trace_rtol: float = 0.05
     density_runs: int = 5
     density_steps: int = 50
-    # Adaptive sharpness (perturbations scaled by |w|): average case with Gaussian noise of std
-    # rho_average * |w| per weight (Andriushchenko et al. 2023); worst case in the L2 ball of
-    # radius rho_worst (ASAM's default radius).
-    rho_average: float = 0.05
-    rho_worst: float = 0.5
+    # Adaptive sharpness (Andriushchenko et al. 2023), on a grid of radii relative to |w|:
+    # worst case by Auto-PGD in the L2 ball, as m-sharpness (groups of sharpness_m samples) and
+    # on the whole subset; average case with Gaussian noise of std rho * |w|. The largest radius
+    # of each grid is the headline value of the summary.
+    rho_worst: tuple[float, ...] = (0.1, 0.25, 0.5)
+    rho_average: tuple[float, ...] = (0.01, 0.02, 0.05)
+    sharpness_m: int = 128
     bn: str = "recalibrate"
+    layer_depth: int = 2  # module-path components that name a parameter group ("layers")
     max_trajectory: int = 40  # checkpoints per member in the PCA trajectory
     seed: int = 0
     device: str | None = None
@@ -81,6 +103,17 @@ class AnalyzeSettings:
             raise LandscapeError(f"--grid must be an odd number of at least 3, not {self.grid}")
         if self.samples < 1 or self.test_samples < 1:
             raise LandscapeError("--samples must be positive")
+        rhos = (*self.rho_worst, *self.rho_average)
+        if not self.rho_worst or not self.rho_average or min(rhos) <= 0:
+            raise LandscapeError("sharpness radii (--rho-worst, --rho-average) must be positive")
+        if self.k < 1 or self.tol <= 0 or self.trace_rtol <= 0:
+            raise LandscapeError("--k must be positive, and --tol and --trace-rtol positive")
+        if not 0 <= self.certify_top < 1:
+            raise LandscapeError(f"certify_top must be in [0, 1), not {self.certify_top}")
+        if self.layer_depth < 1:
+            raise LandscapeError(f"--layer-depth must be positive, not {self.layer_depth}")
+        if self.sharpness_m < 1:
+            raise LandscapeError(f"--sharpness-m must be positive, not {self.sharpness_m}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,14 +147,7 @@ class Context:
                 self._data[key] = _batches(x[rank::world], y[rank::world], self.s.batch_size)
             return self._data[key]
         if split not in self._data:
-            from okdph.data import DataError, load_dataset
-
-            try:
-                ds = load_dataset(
-                    self.run.data["name"], self.device, **self.run.data.get("kwargs", {})
-                )
-            except DataError as err:
-                raise LandscapeError(str(err)) from None
+            ds = self._dataset()
             for name in ("train", "test"):
                 n_all = len(ds.targets(name))
                 n = min(self.s.samples if name == "train" else self.s.test_samples, n_all)
@@ -131,6 +157,24 @@ class Context:
                     ds.inputs(name, idx), ds.targets(name, idx), self.s.batch_size
                 )
         return self._data[split]
+
+    def full_split(self, split: str) -> list[tuple[Tensor, Tensor]]:
+        """The whole ``split`` ("train": un-augmented) as device batches, for loss and accuracy."""
+        key = f"{split}@full"
+        if key not in self._data:
+            ds = self._dataset()
+            self._data[key] = _batches(ds.inputs(split), ds.targets(split), 1024)
+        return self._data[key]
+
+    def _dataset(self) -> Any:
+        from okdph.data import DataError, load_dataset
+
+        try:
+            return load_dataset(
+                self.run.data["name"], self.device, **self.run.data.get("kwargs", {})
+            )
+        except DataError as err:
+            raise LandscapeError(str(err)) from None
 
     def n_samples(self, split: str) -> int:
         return sum(len(y) for _, y in self.data(split))
@@ -176,10 +220,27 @@ def curvature_record(ctx: Context, epoch: int, member: str, analysis: str) -> di
     common = {"seed": s.seed, "device": ctx.device, "show_progress": ctx.show}
     if analysis == "eigen":
         result = top_eigenvalues(
-            model, F.cross_entropy, data, k=s.k, which="both", tol=s.tol, **common
+            model,
+            F.cross_entropy,
+            data,
+            k=s.k,
+            which="both",
+            tol=s.tol,
+            certify_top=s.certify_top or None,
+            **common,
         )
     elif analysis == "trace":
         result = hessian_trace(model, F.cross_entropy, data, rtol=s.trace_rtol, **common)
+    elif analysis == "layers":
+        result = layer_curvature(
+            model,
+            F.cross_entropy,
+            data,
+            depth=s.layer_depth,
+            tol=s.tol,
+            rtol=s.trace_rtol,
+            **common,
+        )
     else:
         result = spectral_density(
             model, F.cross_entropy, data, n_runs=s.density_runs, n_steps=s.density_steps, **common
@@ -189,28 +250,46 @@ def curvature_record(ctx: Context, epoch: int, member: str, analysis: str) -> di
     return record
 
 
-def sharpness_record(ctx: Context, epoch: int, member: str) -> dict[str, Any]:
-    s = ctx.s
-    out = {}
-    for kind, rho, distribution in (
-        ("average", s.rho_average, "gaussian"),
-        ("worst", s.rho_worst, "sphere"),
-    ):
-        result = sharpness(
-            ctx.template(member),
-            ctx.state(epoch, member),
-            ctx.data("train"),
-            rho=rho,
-            kind=kind,
-            adaptive=True,
-            distribution=distribution,
-            seed=s.seed,
-            bn=s.bn if s.bn != "interpolate" else "keep",
-            device=ctx.device,
-            show_progress=ctx.show,
-        )
-        out[kind] = result.to_dict()
+def fit_record(ctx: Context, epoch: int, member: str) -> dict[str, Any]:
+    """Loss and accuracy on the whole train (un-augmented) and test splits in eval mode, the
+    generalisation gaps, and the weight norm: what flatness is meant to predict, and a scale."""
+    model = ctx.model(epoch, member)
+    out: dict[str, Any] = {"definition": definition("fit")}
+    for split in ("train", "test"):
+        result = evaluate(model, None, ctx.full_split(split), device=ctx.device)
+        out[split] = {"loss": result.loss, "accuracy": result.accuracy, "n": result.n_samples}
+    out["gap_loss"] = out["test"]["loss"] - out["train"]["loss"]
+    out["gap_accuracy"] = out["train"]["accuracy"] - out["test"]["accuracy"]
+    params = [p.detach().double() for p in model.parameters()]
+    out["weight_norm"] = float(torch.sqrt(sum((p**2).sum() for p in params)))
+    out["bn"] = "recalibrated" if ctx.needs_recalibration(member, model) else "own"
     return out
+
+
+def sharpness_record(ctx: Context, epoch: int, member: str) -> dict[str, Any]:
+    """Sharpness on both radius grids: ``{"worst": [...], "worst_full": [...], "average": [...]}``
+    (one result per radius, in grid order), the statistics fixed at the centre's (recalibrated
+    once there for a hybrid model under ``bn=recalibrate``)."""
+    s = ctx.s
+    model = ctx.template(member)
+    common: dict[str, Any] = {
+        "adaptive": True,
+        "seed": s.seed,
+        "center_bn": "recalibrate" if ctx.needs_recalibration(member, model) else "own",
+        "device": ctx.device,
+        "show_progress": ctx.show,
+    }
+    m = s.sharpness_m if s.sharpness_m < s.samples else None
+    runs = {
+        "worst": [dict(kind="worst", rho=r, m=m) for r in s.rho_worst],
+        "worst_full": [dict(kind="worst", rho=r, m=None) for r in s.rho_worst],
+        "average": [dict(kind="average", rho=r) for r in s.rho_average],
+    }
+    data, state = ctx.data("train"), ctx.state(epoch, member)
+    return {
+        name: [sharpness(model, state, data, **kw, **common).to_dict() for kw in kwargs]
+        for name, kwargs in runs.items()
+    }
 
 
 def _surface_record(

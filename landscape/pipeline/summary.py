@@ -42,14 +42,23 @@ def flatness_rows(run: Run, epoch: int, records: Mapping[str, Any]) -> list[dict
         if eig:
             row["lambda_max"], row["lambda_min"] = max(eig["values"]), min(eig["values"])
             row["eigen_converged"] = all(eig["converged"])
+            if eig.get("search"):
+                row["eigen_search_added"] = eig["added"]
+        fit = records.get(f"{tag}/{m}/fit")
+        if fit:
+            row["train_acc"], row["full_train_loss"] = (
+                fit["train"]["accuracy"],
+                fit["train"]["loss"],
+            )
+            row["test_loss"] = fit["test"]["loss"]
+            row["gap_loss"], row["gap_accuracy"] = fit["gap_loss"], fit["gap_accuracy"]
+            row["weight_norm"] = fit["weight_norm"]
         tr = records.get(f"{tag}/{m}/trace")
         if tr:
             row["trace"], row["trace_stderr"] = tr["value"], tr["stderr"]
         sh = records.get(f"{tag}/{m}/sharpness")
         if sh:
-            row["sharpness_average"] = sh["average"]["value"]
-            row["sharpness_worst"] = sh["worst"]["value"]
-            row["train_loss"] = sh["average"]["clean_loss"]
+            row.update(sharpness_columns(sh))
         if f"{m}/test_acc" in metrics:
             row["test_acc"] = metrics[f"{m}/test_acc"]
         rows.append(row)
@@ -58,6 +67,30 @@ def flatness_rows(run: Run, epoch: int, records: Mapping[str, Any]) -> list[dict
             {"member": "ensemble", "role": "ensemble", "test_acc": metrics["ensemble/test_acc"]}
         )
     return rows
+
+
+def sharpness_columns(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Headline sharpness (each grid's largest radius) and the per-radius values of a record.
+
+    Keys: ``sharpness_worst`` (m-sharpness), ``sharpness_worst_full`` (whole subset),
+    ``sharpness_average`` and its ``_stderr``; ``..._by_rho``: ``{rho: value}``;
+    ``sharpness_plateaued``: every worst-case ascent had plateaued.
+    """
+    out: dict[str, Any] = {}
+    for name in ("worst", "worst_full", "average"):
+        results = record.get(name) or []
+        if not results:
+            continue
+        top = max(results, key=lambda r: r["rho"])
+        out[f"sharpness_{name}"] = top["value"]
+        out[f"sharpness_{name}_by_rho"] = {str(r["rho"]): r["value"] for r in results}
+        if name == "average":
+            out["sharpness_average_stderr"] = top["stderr"]
+            out["train_loss"] = top["clean_loss"]
+    worst = [r for n in ("worst", "worst_full") for r in record.get(n) or []]
+    if worst:
+        out["sharpness_plateaued"] = all(r["plateaued"] for r in worst)
+    return out
 
 
 def build_summary(

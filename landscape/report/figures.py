@@ -269,6 +269,102 @@ def spectrum_figure(spectra: Mapping[str, Mapping[str, Any]]) -> go.Figure:
     return fig
 
 
+def sharpness_figure(records: Mapping[str, Mapping[str, Any]]) -> go.Figure:
+    """Sharpness against the radius per member (left) and the worst-case ascent at the largest
+    radius (right: the value had Auto-PGD stopped after each iteration).
+
+    Each record is a ``sharpness`` piece: ``{"worst": [...], "worst_full": [...], "average":
+    [...]}`` of :class:`landscape.geometry.sharpness.Sharpness` dicts.
+    """
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("sharpness against the radius", "worst-case ascent at the largest radius"),
+    )
+    names = list(records)
+    styles = {"worst": "solid", "worst_full": "dot", "average": "dash"}
+    labels = {
+        "worst": "worst (m-sharpness)",
+        "worst_full": "worst (whole subset)",
+        "average": "average",
+    }
+    for name, rec in records.items():
+        colour = member_colour(name, names)
+        for kind, dash in styles.items():
+            results = sorted(rec.get(kind) or [], key=lambda r: r["rho"])
+            if not results:
+                continue
+            stderr = [r.get("stderr") for r in results] if kind == "average" else None
+            fig.add_trace(
+                go.Scatter(
+                    x=[r["rho"] for r in results],
+                    y=_finite([r["value"] for r in results]),
+                    error_y={"type": "data", "array": _finite(stderr)} if stderr else None,
+                    mode="lines+markers",
+                    name=f"{name}: {labels[kind]}",
+                    legendgroup=name,
+                    line={"color": colour, "dash": dash},
+                ),
+                row=1,
+                col=1,
+            )
+        worst = rec.get("worst") or []
+        if worst:
+            top = max(worst, key=lambda r: r["rho"])
+            fig.add_trace(
+                go.Scatter(
+                    y=_finite(top.get("ascent", [])),
+                    mode="lines",
+                    name=f"{name}: ascent (plateaued: {top.get('plateaued')})",
+                    legendgroup=name,
+                    line={"color": colour},
+                ),
+                row=1,
+                col=2,
+            )
+    fig.update_xaxes(type="log", title_text="radius rho (relative to |w|)", row=1, col=1)
+    fig.update_yaxes(title_text="loss increase (nats)", row=1, col=1)
+    fig.update_xaxes(title_text="Auto-PGD iteration", row=1, col=2)
+    fig.update_yaxes(title_text="loss increase (nats)", row=1, col=2)
+    fig.update_layout(title="Adaptive sharpness", template=_TEMPLATE, height=460)
+    return fig
+
+
+def layers_figure(records: Mapping[str, Mapping[str, Any]]) -> go.Figure:
+    """Per-layer curvature: each Hessian block's top eigenvalue (left) and trace per parameter
+    (right), bars grouped by member. Records are ``LayerCurvature`` dicts."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("top eigenvalue of the layer's block", "block trace / parameters"),
+    )
+    names = list(records)
+    for name, rec in records.items():
+        colour = member_colour(name, names)
+        groups = [g or "(root)" for g in rec["groups"]]
+        for col, key in ((1, "lambda_max"), (2, "trace_per_parameter")):
+            fig.add_trace(
+                go.Bar(
+                    x=groups,
+                    y=_finite(rec[key]),
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    marker={"color": colour},
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_yaxes(title_text="eigenvalue", row=1, col=1)
+    fig.update_yaxes(title_text="trace per parameter", row=1, col=2)
+    fig.update_layout(title="Curvature per layer", template=_TEMPLATE, height=460, barmode="group")
+    return fig
+
+
 def flatness_table(
     rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
 ) -> go.Figure:

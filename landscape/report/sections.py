@@ -21,7 +21,9 @@ TABLE_COLUMNS = [
     ("trace", "trace"),
     ("trace_stderr", "trace s.e."),
     ("sharpness_average", "adaptive sharpness (avg)"),
-    ("sharpness_worst", "adaptive sharpness (worst)"),
+    ("sharpness_worst", "adaptive m-sharpness (worst)"),
+    ("sharpness_worst_full", "adaptive sharpness (worst, whole subset)"),
+    ("sharpness_plateaued", "ascent plateaued"),
     ("train_loss", "train loss (subset)"),
     ("test_acc", "test accuracy"),
 ]
@@ -58,12 +60,21 @@ def build_sections(
         dens = _per_member(records, tag, "density")
         if dens:
             figs.append((f"density_{tag}", figures.density_figure(dens)))
+        layers = _per_member(records, tag, "layers")
+        if layers:
+            figs.append((f"layers_{tag}", figures.layers_figure(layers)))
+        sharp = _per_member(records, tag, "sharpness")
+        if sharp:
+            figs.append((f"sharpness_{tag}", figures.sharpness_figure(sharp)))
         sections.append(
             (
                 f"Curvature at epoch {epoch}",
                 "Extreme Hessian eigenvalues (with certified error bars), trace (Hutch++) and "
                 "spectral density (stochastic Lanczos quadrature) of the mean training loss; "
-                "adaptive sharpness as the loss increase in an L2 ball scaled by |w|.",
+                "adaptive sharpness (Andriushchenko et al. 2023) as the loss increase in an L2 "
+                "ball scaled by |w|, BatchNorm statistics fixed: worst case by Auto-PGD over "
+                "groups of m samples (m-sharpness) and over the whole subset, average case over "
+                "antithetic Gaussian pairs. Headline values are at each grid's largest radius.",
                 figs,
             )
         )

@@ -14,6 +14,8 @@ FAST = dict(
     density_runs=2,
     density_steps=8,
     max_trajectory=3,
+    rho_worst=(0.05, 0.2),
+    rho_average=(0.02,),
 )
 
 

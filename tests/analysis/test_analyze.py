@@ -8,7 +8,7 @@ import torch
 from analysis_cases import fast_settings
 
 from landscape.cli import main
-from landscape.pipeline.analyze import ANALYSES, analyze_run
+from landscape.pipeline.analyze import ANALYSES, DEFAULT_ANALYSES, analyze_run
 
 CLI_FAST = ["--samples", "64", "--no-progress"]
 
@@ -239,7 +239,8 @@ def test_single_analyses_print_json(tiny_run, capsys):
 
 
 def test_analyses_list_is_complete():
-    assert set(ANALYSES) == {
+    assert set(DEFAULT_ANALYSES) == {
+        "fit",
         "eigen",
         "trace",
         "density",
@@ -249,6 +250,47 @@ def test_analyses_list_is_complete():
         "surface",
         "trajectory",
     }
+    assert set(ANALYSES) == {*DEFAULT_ANALYSES, "layers"}
+
+
+def test_per_layer_curvature_and_sharpness_grids_reach_summary_and_report(tiny_run, capsys):
+    argv = [
+        "analyze",
+        str(tiny_run),
+        "--analyses",
+        "sharpness",
+        "--per-layer",
+        *CLI_FAST,
+        "--rho-worst",
+        "0.05,0.2",
+        "--rho-average",
+        "0.02",
+        "--sharpness-m",
+        "32",
+    ]
+    assert main(argv) == 0
+    summary = json.loads((tiny_run / "analysis" / "summary.json").read_text())
+    records = summary["records"]
+    layers = records["epoch_0002/student_0/layers"]
+    assert layers["definition"].startswith("layers/") and len(layers["groups"]) >= 2
+    assert len(layers["lambda_max"]) == len(layers["groups"]) == len(layers["trace"])
+    sharp = records["epoch_0002/hybrid/sharpness"]
+    assert [r["rho"] for r in sharp["worst"]] == [0.05, 0.2]
+    assert [r["m"] for r in sharp["worst"]] == [32, 32] and sharp["worst_full"][0]["m"] == 0
+    assert sharp["worst"][0]["n_groups"] == 2  # 64 samples in groups of 32
+    # The hybrid's statistics are recalibrated once at its weights, then fixed.
+    assert sharp["worst"][0]["center_bn"] == "recalibrate"
+    assert records["epoch_0002/student_0/sharpness"]["average"][0]["center_bn"] == "own"
+    row = next(r for r in summary["flatness"]["2"] if r["member"] == "hybrid")
+    assert row["sharpness_worst"] == sharp["worst"][1]["value"]  # the largest radius
+    assert set(row["sharpness_worst_by_rho"]) == {"0.05", "0.2"}
+    assert isinstance(row["sharpness_plateaued"], bool)
+    figures = {p.stem for p in (tiny_run / "analysis" / "figures").glob("*.json")}
+    assert {"layers_epoch_0002", "sharpness_epoch_0002"} <= figures
+    with pytest.raises(SystemExit) as bad:
+        main(["analyze", str(tiny_run), "--rho-worst", "0.1,x", *CLI_FAST])
+    assert bad.value.code == 2
+    assert "radii" in capsys.readouterr().err
 
 
 def test_non_finite_weights_are_refused_in_one_sentence(tiny_run, capsys):

@@ -293,3 +293,67 @@ def test_float32_product_error_is_measured_not_assumed():
     assert 1e-7 < pairs.product_error < 1e-3
     assert np.all(pairs.bounds >= pairs.product_error)
     assert np.all(np.abs(pairs.values - [16.0, eigenvalues[-2].item()]) <= pairs.bounds)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_complement_search_finds_what_the_main_solve_missed_on_every_seed(k):
+    """Without the search, 1-2 of 40 seeds return 4.95 (or 4.9) as the top value, correctly
+    certified to be near *an* eigenvalue; with it, every seed returns the true top k."""
+    eigenvalues = _clustered()
+    model, loss, data = quadratic_problem(eigenvalues)
+    exact = np.array([5.0, 4.95])[:k]
+    added = 0
+    for seed in range(40):
+        spec = top_eigenvalues(
+            model, loss, data, k=k, tol=1e-4, seed=seed, certify_top=0.01, show_progress=False
+        )
+        np.testing.assert_allclose(spec.values, exact, rtol=2e-4)
+        assert np.all(np.abs(spec.values - exact) <= spec.error_bounds + 1e-12)
+        assert spec.search.top < exact[-1] and "(ii)" in spec.certificate
+        added += spec.added
+    assert added >= 1  # the merge path was exercised
+
+
+def test_complement_search_resolves_a_triple_eigenvalue():
+    eigenvalues = torch.cat(
+        [torch.tensor([3.0, 3.0, 3.0, 1.0], dtype=DTYPE), torch.linspace(-0.5, 0.5, 96)]
+    )
+    model, loss, data = quadratic_problem(eigenvalues)
+    for seed in range(3):
+        plain = top_eigenvalues(model, loss, data, k=3, tol=1e-8, seed=seed, show_progress=False)
+        spec = top_eigenvalues(
+            model, loss, data, k=3, tol=1e-8, seed=seed, certify_top=0.01, show_progress=False
+        )
+        # One Krylov space holds one direction per eigenspace (copies only come from fresh
+        # directions); searches orthogonal to the locked vectors find the rest.
+        assert plain.values[-1] == pytest.approx(1.0)
+        np.testing.assert_allclose(spec.values, [3.0, 3.0, 3.0], atol=1e-7)
+        assert np.all(np.abs(spec.values - 3.0) <= spec.error_bounds + 1e-12)
+
+
+def test_kuczynski_wozniakowski_bound_holds_on_many_seeds():
+    eigenvalues = decaying_spectrum(200)
+    model, loss, data = quadratic_problem(eigenvalues)
+    ordered = np.sort(eigenvalues.numpy())[::-1]
+    k, failures = 2, 0
+    for seed in range(40):
+        spec = top_eigenvalues(
+            model,
+            loss,
+            data,
+            k=k,
+            tol=1e-6,
+            seed=seed,
+            certify_top=0.05,
+            search_steps=6,
+            show_progress=False,
+        )
+        s = spec.search
+        assert s.eps == pytest.approx((np.log(1.648 * np.sqrt(198) / 0.05) / 11) ** 2)
+        top, width = ordered[k], ordered[k] - ordered[-1]  # the complement's spectrum
+        assert s.top <= top + 1e-9  # a Ritz value of the complement: a lower bound
+        failures += int(top - s.top > s.eps * width)
+    assert failures <= 2  # at most 5% may fail; the bound is loose, so none should
+    with pytest.raises(LandscapeError):
+        top_eigenvalues(model, loss, data, certify_top=1.5, show_progress=False)
+    assert spec.to_dict()["search"]["delta"] == 0.05

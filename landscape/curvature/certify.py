@@ -1,0 +1,187 @@
+"""Checks that no eigenvalue beyond the returned ones was missed: a search orthogonal to them.
+
+A converged Ritz value is certified to lie near *an* eigenvalue (Krylov-Weinstein), not to be the
+k-th largest: an eigenvalue the Krylov space never saw (a cluster member, a second copy of a
+multiple eigenvalue) goes unnoticed. After the main solve, :func:`search_complement` runs plain
+Lanczos from a fresh random start on the deflated operator ``P H P``, ``P = I - Y Y^T`` with ``Y``
+the returned (locked) vectors. Whatever it finds beyond the k-th returned value is solved to the
+same tolerance and merged by :func:`merge_pairs`; the search repeats until it finds nothing.
+
+Its Krylov space, ``s`` steps from a start uniform on the sphere of ``Y``'s complement, also
+gives a probabilistic bound (Kuczynski and Wozniakowski 1992, Theorem 4.2, applied to the shifted
+operator): with probability at least ``1 - delta``, ``(mu - rho_1) <= eps (mu - mu_min)`` where
+``mu`` and ``mu_min`` are the largest and smallest eigenvalues of ``H`` on the complement,
+``rho_1`` the search's top Ritz value and ``eps = (ln(1.648 sqrt(n) / delta) / (2 s - 1))^2``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landscape.curvature.lanczos import MatVec, RitzPairs, extreme_eigenpairs, wanted_order
+
+
+def kw_epsilon(n: int, steps: int, delta: float) -> float:
+    """The ``eps`` of the Kuczynski-Wozniakowski Lanczos bound for ``steps`` steps on an
+    ``n``-dimensional operator at failure probability ``delta`` (capped at 1: no information)."""
+    if steps < 1:
+        return 1.0
+    return min(1.0, (math.log(1.648 * math.sqrt(n) / delta) / (2 * steps - 1)) ** 2)
+
+
+def deflated(matvec: MatVec, locked: Tensor) -> MatVec:
+    """``v -> P H P v`` with ``P = I - Q Q^T``, ``Q`` an orthonormal basis of ``locked``'s rows."""
+    q = torch.linalg.qr(locked.T).Q.T  # (k, n), orthonormal rows
+
+    def project(v: Tensor) -> Tensor:
+        return v - (q @ v) @ q
+
+    return lambda v: project(matvec(project(v)))
+
+
+@dataclass(frozen=True)
+class ComplementSearch:
+    """One search orthogonal to the locked vectors.
+
+    Attributes:
+        steps: Lanczos steps (the Krylov dimension; the first product is repeated once more to
+            measure the product error).
+        top, bottom: the search's extreme Ritz values (lower bound of the complement's largest
+            eigenvalue, upper bound of its smallest).
+        eps, delta: the Kuczynski-Wozniakowski bound: with probability ``>= 1 - delta`` the
+            complement's largest eigenvalue is at most ``top + eps / (1 - eps) * (top - low)``
+            for any lower bound ``low`` of its smallest (likewise at the bottom end).
+        n_matvec: products used.
+    """
+
+    steps: int
+    top: float
+    bottom: float
+    eps: float
+    delta: float
+    n_matvec: int
+
+
+def search_complement(
+    matvec: MatVec,
+    locked: Tensor,
+    start: Tensor,
+    *,
+    steps: int,
+    delta: float,
+) -> ComplementSearch:
+    """Plain Lanczos (no restart) for ``steps`` steps on ``P H P`` from ``P start``."""
+    op = deflated(matvec, locked)
+    q = torch.linalg.qr(locked.T).Q.T
+    v0 = start - (q @ start) @ q
+    n = start.numel() - locked.shape[0]
+    steps = max(1, min(steps, n))
+    pairs = extreme_eigenpairs(
+        op,
+        v0,
+        k=1,
+        which="both" if n >= 2 else "largest",
+        tol=0.0,
+        max_matvec=steps + 1,
+        basis_size=max(steps + 1, 4),
+    )
+    krylov = pairs.n_matvec - 1  # the first product is made twice
+    return ComplementSearch(
+        steps=krylov,
+        top=float(pairs.values[0]),
+        bottom=float(pairs.values[-1]),
+        eps=kw_epsilon(n, krylov, delta),
+        delta=float(delta),
+        n_matvec=pairs.n_matvec,
+    )
+
+
+def beyond(search: ComplementSearch, kept: RitzPairs, which: str) -> bool:
+    """Whether the search found a value beyond the least wanted kept value at a wanted end."""
+    values, bounds = kept.values, kept.bounds
+    if which == "largest":
+        return search.top > values[-1] + bounds[-1]
+    if which == "smallest":
+        return search.bottom < values[-1] - bounds[-1]
+    half = len(values) // 2
+    top_k, bottom_k = values[half - 1], values[half]
+    return bool(search.top > top_k + bounds[half - 1] or search.bottom < bottom_k - bounds[half])
+
+
+def merge_pairs(kept: RitzPairs, found: RitzPairs, k: int, which: str) -> tuple[RitzPairs, int]:
+    """The ``k`` most wanted (per end) of ``kept`` and ``found``, with certified bounds.
+
+    ``found`` are Ritz pairs of ``P H P`` with vectors orthogonal to ``kept``'s; in ``H`` their
+    residuals grow by at most ``||Y^T H z|| <= ||R_Y||_F`` (the kept residuals' root sum of
+    squares), which is added to their bounds. Also returns how many of ``found`` were kept.
+    """
+    leak = float(np.sqrt(np.sum(kept.residuals**2)))
+    values = np.concatenate([kept.values, found.values])
+    residuals = np.concatenate([kept.residuals, found.residuals + leak])
+    error = max(kept.product_error, found.product_error)
+    vectors = torch.cat([kept.vectors, found.vectors])
+    wanted = 2 * k if which == "both" else k
+    order = wanted_order(values, which)[:wanted]
+    pick = order[np.argsort(-values[order], kind="stable")]
+    converged = np.concatenate([kept.converged, found.converged])
+    merged = RitzPairs(
+        values=values[pick],
+        residuals=residuals[pick],
+        bounds=residuals[pick] + error,
+        estimated=residuals[pick] + error,
+        converged=converged[pick],
+        vectors=vectors[pick],
+        n_matvec=kept.n_matvec + found.n_matvec,
+        n_restarts=kept.n_restarts + found.n_restarts,
+        product_error=error,
+    )
+    return merged, int(np.sum(pick >= len(kept.values)))
+
+
+def certified_solve(
+    solve: Callable[[MatVec, Tensor], RitzPairs],
+    matvec: MatVec,
+    draw: Callable[[], Tensor],
+    *,
+    k: int,
+    which: str,
+    steps: int,
+    delta: float,
+    max_rounds: int = 4,
+) -> tuple[RitzPairs, ComplementSearch, int]:
+    """``solve`` (the main solve, with vectors), then searches orthogonal to the locked vectors,
+    merging what they find, until a search finds nothing beyond the kept values.
+
+    Returns the pairs, the last search and the number of eigenvalues the searches added.
+    """
+    kept = solve(matvec, draw())
+    locked = kept.vectors
+    added = 0
+    for _ in range(max_rounds):
+        search = search_complement(matvec, locked, draw(), steps=steps, delta=delta)
+        extra = search.n_matvec
+        if not beyond(search, kept, which):
+            break
+        found = solve(deflated(matvec, locked), _orthogonal(draw(), locked))
+        merged, n_new = merge_pairs(kept, found, k, which)
+        added += n_new
+        locked = torch.cat([locked, found.vectors])
+        kept = _with_matvec(merged, merged.n_matvec + extra)
+    else:
+        search = search_complement(matvec, locked, draw(), steps=steps, delta=delta)
+    return _with_matvec(kept, kept.n_matvec + search.n_matvec), search, added
+
+
+def _orthogonal(v: Tensor, locked: Tensor) -> Tensor:
+    q = torch.linalg.qr(locked.T).Q.T
+    return v - (q @ v) @ q
+
+
+def _with_matvec(pairs: RitzPairs, n_matvec: int) -> RitzPairs:
+    return replace(pairs, n_matvec=n_matvec)
