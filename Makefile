@@ -9,7 +9,13 @@ CORE_STAMP := $(VENV)/.installed-core
 PYTEST_WORKERS ?= 2
 DEMO_RUN ?= runs/demo
 
-.PHONY: venv demo train-demo test test-fast notebooks lint bench clean
+STUDY ?= runs/study
+STUDY_SEEDS ?= 0-7
+STUDY_METHODS ?= independent,dml,okdph,okdph:mode=code
+# Analysis settings of the CPU study (about 60 minutes on 2 cores in all, training included).
+STUDY_ANALYSES ?= fit,eigen,trace,sharpness,interp
+
+.PHONY: venv demo train-demo test test-fast notebooks lint bench clean study
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +35,13 @@ venv: $(STAMP)
 demo: $(CORE_STAMP)
 	$(BIN)/okdph train --preset demo --out $(DEMO_RUN) --overwrite
 	$(BIN)/landscape analyze $(DEMO_RUN)
+
+## The flatness study on mnist1d: methods x 8 seeds, matched protocol, analysed and compared.
+study: $(CORE_STAMP)
+	$(BIN)/okdph sweep --preset mnist1d --methods $(STUDY_METHODS) --seeds $(STUDY_SEEDS) \
+		--out $(STUDY) --no-progress
+	$(BIN)/landscape analyze $(STUDY) --analyses $(STUDY_ANALYSES) --k 1 --no-progress
+	$(BIN)/landscape compare $(STUDY)
 
 ## Every test, slow end-to-end ones and the notebooks included.
 test: $(STAMP)

@@ -14,8 +14,19 @@ EXAMPLES = """examples:
   okdph train --preset demo --set method=dml epochs=5 seed=1
   okdph train --preset cifar10-resnet32 --set data.root=~/data data.download=true
   okdph train --resume runs/m1d                 # continue from the last checkpoint
+  okdph sweep --preset mnist1d --methods independent,dml,okdph --seeds 0-7 --out runs/study
   okdph presets                                 # list presets
   okdph list models                             # models, methods, datasets or augmentations
+"""
+
+
+SWEEP_EXAMPLES = """examples:
+  okdph sweep --preset demo --methods independent,dml,okdph --seeds 0-7 --out runs/study
+  okdph sweep --preset mnist1d --methods okdph,okdph:mode=code,okdph:fusion_every=none,dml \\
+      --seeds 0-7 --vary init=shared,independent --out runs/ablation
+  okdph sweep ... --print-commands > jobs.txt     # one `okdph train` line per run
+Rerunning a sweep skips finished runs and resumes interrupted ones; then
+  landscape analyze runs/study && landscape compare runs/study
 """
 
 
@@ -69,6 +80,56 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
     train.set_defaults(handler=cmd_train)
 
+    sw = sub.add_parser(
+        "sweep",
+        help="train methods x variants x seeds into one study directory",
+        epilog=SWEEP_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sw.add_argument("--preset", default="demo", help="named configuration every run starts from")
+    sw.add_argument(
+        "--methods",
+        required=True,
+        help="comma-separated methods; method options make ablations: okdph:mode=code",
+    )
+    sw.add_argument("--seeds", default="0,1,2", help="seeds: 0,1,2 or 0-7 (default %(default)s)")
+    sw.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides for every run (as for train)",
+    )
+    sw.add_argument(
+        "--vary",
+        nargs="+",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="extra grid axes, e.g. init=shared,independent",
+    )
+    sw.add_argument(
+        "--protocol",
+        default="matched",
+        choices=["matched", "reference"],
+        help="matched: same views, init rule, schedule and seeds for all (default); "
+        "reference: each method as its paper ran it",
+    )
+    sw.add_argument("--out", type=Path, required=True, help="study directory")
+    sw.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs trained at once (one per CUDA device when there are several)",
+    )
+    sw.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="print one `okdph train` line per unfinished run (for a scheduler) and exit",
+    )
+    sw.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sw.set_defaults(handler=cmd_sweep)
+
     presets = sub.add_parser("presets", help="list the named configurations")
     presets.set_defaults(handler=cmd_presets)
 
@@ -118,6 +179,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("test accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in accs.items()))
     print(f"run directory: {run.path}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from okdph.sweep import Study, parse_seeds, parse_vary, print_commands, sweep
+
+    study = Study(
+        preset=args.preset,
+        protocol=args.protocol,
+        methods=tuple(m for m in args.methods.split(",") if m),
+        seeds=parse_seeds(args.seeds),
+        vary=parse_vary(args.vary),
+        overrides=tuple(args.overrides),
+    )
+    if args.print_commands:
+        print("\n".join(print_commands(study, args.out)))
+        return 0
+    outcomes = sweep(study, args.out, workers=args.workers, progress=not args.no_progress)
+    failed = [name for name, o in outcomes.items() if not o.startswith(("trained", "skipped"))]
+    print(f"study: {args.out} ({len(outcomes) - len(failed)} of {len(outcomes)} runs finished)")
+    for name in failed:
+        print(f"  {name}: {outcomes[name]}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

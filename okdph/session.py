@@ -60,6 +60,18 @@ def model_arguments(cfg: TrainConfig, data: TensorDataset) -> dict[str, Any]:
     return {**implied, **cfg.model_args}
 
 
+def view_pipelines(specs: list[str], num_views: int) -> list[str]:
+    """The augmentation of each of a method's ``num_views`` input views from the listed ones.
+
+    View ``i`` gets the ``i``-th listed pipeline, cycling when fewer are listed (one pipeline:
+    every view), and pipelines beyond the method's views are left out. Students come first in
+    every method's views, so a preset written for OKDPH (student views, then the HWM's) gives
+    DML or KDCL the same per-student views without the HWM's, and every method the same view
+    for student ``i`` (the matched protocol).
+    """
+    return [specs[i % len(specs)] for i in range(num_views)]
+
+
 def build_session(cfg: TrainConfig) -> Session:
     """Load the data and build the method, optimiser, schedule and views for ``cfg``.
 
@@ -81,14 +93,7 @@ def build_session(cfg: TrainConfig) -> Session:
     ).to(device)
     if cfg.channels_last:
         method.to(memory_format=torch.channels_last)
-    specs = list(cfg.augment)
-    if len(specs) == 1:
-        specs = specs * method.num_views
-    if len(specs) != method.num_views:
-        raise ConfigError(
-            f"augment lists {len(specs)} pipelines but {cfg.method} with {cfg.num_students} students "
-            f"needs 1 or {method.num_views} (one per view: {', '.join(method.view_names())})"
-        )
+    specs = view_pipelines(list(cfg.augment), method.num_views)
     pipelines = [build_pipeline(s, data.kind) for s in specs]
     o = cfg.optim
     optimizer = torch.optim.SGD(
@@ -143,6 +148,10 @@ def describe_run(s: Session, command: list[str] | None = None) -> dict[str, Any]
         "members": members,
         "num_students": s.cfg.num_students,
         "init": s.cfg.init if s.cfg.init != "auto" else s.method.default_init,
+        "augment_rule": (
+            f"{len(s.cfg.augment)} pipeline(s) listed for {s.method.num_views} view(s): view i "
+            "gets pipeline i, cycling when fewer are listed, extra ones left out"
+        ),
         "augment": [
             {"view": v, "pipeline": p.spec} for v, p in zip(s.method.view_names(), s.pipelines)
         ],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +37,37 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the message names the epoch and the member."""
 
 
-def epoch_rngs(
-    seed: int, epoch: int, device: torch.device
-) -> tuple[torch.Generator, np.random.Generator]:
-    """Independent generators for one epoch: torch (shuffle, augmentation) and numpy (method)."""
-    seq = np.random.SeedSequence([seed, epoch])
-    torch_seed, numpy_seed, global_seed = (
-        int(s) for s in seq.generate_state(3, dtype=np.uint64) >> 1
+@dataclass
+class EpochStreams:
+    """One epoch's random streams, each seeded from ``(seed, epoch, stream)`` alone.
+
+    ``order`` shuffles the data, ``views[i]`` draws view ``i``'s augmentation and ``method`` is
+    the method's own randomness (the HWM's coefficients ...). Being separate, the batches and
+    the views of student ``i`` are the same under every method with the same seed, whatever
+    number of views or random choices the method makes: runs pair by seed.
+    """
+
+    order: torch.Generator
+    views: list[torch.Generator]
+    method: np.random.Generator
+
+
+def epoch_rngs(seed: int, epoch: int, device: torch.device, num_views: int) -> EpochStreams:
+    """The independent random streams of one epoch (:class:`EpochStreams`)."""
+
+    def torch_stream(*key: int) -> torch.Generator:
+        state = np.random.SeedSequence([seed, epoch, *key]).generate_state(1, dtype=np.uint64)
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(state[0] >> 1))
+        return gen
+
+    global_seed = np.random.SeedSequence([seed, epoch, 3]).generate_state(1, dtype=np.uint64)
+    torch.manual_seed(int(global_seed[0] >> 1))  # for any layer drawing from the global generator
+    return EpochStreams(
+        order=torch_stream(0),
+        views=[torch_stream(1, i) for i in range(num_views)],
+        method=np.random.default_rng(np.random.SeedSequence([seed, epoch, 2])),
     )
-    torch.manual_seed(global_seed)  # for any layer that draws from the global generator
-    gen = torch.Generator(device=device)
-    gen.manual_seed(torch_seed)
-    return gen, np.random.default_rng(numpy_seed)
 
 
 def _progress(iterable, **kwargs):
@@ -91,11 +111,12 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         s = self.s
         cfg, data, method = s.cfg, s.data, s.method
-        gen, rng = epoch_rngs(cfg.seed, self.epoch, s.device)
+        streams = epoch_rngs(cfg.seed, self.epoch, s.device, len(s.pipelines))
+        rng = streams.method
         method.start_epoch(self.epoch, rng)
         method.train()
         n = len(data.train_y)
-        perm = torch.randperm(n, generator=gen, device=s.device)
+        perm = torch.randperm(n, generator=streams.order, device=s.device)
         num_batches = math.ceil(n / cfg.batch_size)
         if self.max_batches:
             num_batches = min(num_batches, self.max_batches)
@@ -113,7 +134,8 @@ class Trainer:
             x = data.to_unit(data.train_x[idx])
             y = data.train_y[idx]
             views = [
-                to_memory_format(data.normalize(p(x, gen)), cfg.channels_last) for p in s.pipelines
+                to_memory_format(data.normalize(p(x, g)), cfg.channels_last)
+                for p, g in zip(s.pipelines, streams.views, strict=True)
             ]
             lr = s.optimizer.param_groups[0]["lr"]
             ctx = StepContext(self.epoch, b, self.step, cfg.epochs, rng, lr)
@@ -183,6 +205,7 @@ class Trainer:
                     "time/epoch_s": time.perf_counter() - start,
                 }
                 self.run.append_metrics(record)
+                s.method.end_epoch(self.epoch)
                 if self.epoch % cfg.save_every == 0 or self.epoch == cfg.epochs:
                     self.save(metrics)
                     self.run.update_info(epochs_done=self.epoch)
@@ -250,4 +273,4 @@ def resume(
     return run, trainer.fit()
 
 
-__all__ = ["Trainer", "TrainingDiverged", "epoch_rngs", "resume", "train"]
+__all__ = ["EpochStreams", "Trainer", "TrainingDiverged", "epoch_rngs", "resume", "train"]

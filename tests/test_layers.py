@@ -20,7 +20,8 @@ LANDSCAPE_ALLOWED = {
     "geometry": {"core"},
     "pipeline": {"core", "curvature", "geometry", "report"},
     "report": {"core"},
-    "cli": {"core", "curvature", "geometry", "pipeline", "report"},
+    "study": {"core", "report"},
+    "cli": {"core", "curvature", "geometry", "pipeline", "report", "study"},
     "__init__": {"core", "curvature", "geometry", "pipeline", "report"},
 }
 #: What ``landscape`` may use of ``okdph``: the run-directory format, the registries and data.

@@ -1,0 +1,1 @@
+"""Comparisons over analysed runs: the flatness study (``landscape compare``)."""

@@ -1,0 +1,191 @@
+"""Gather analysed runs into one tidy table: a row per run, member and measure.
+
+Each run's numbers come from its ``analysis/summary.json`` at its last analysed epoch, which must
+be its last checkpoint (never a test-selected one). Runs are refused together unless they were
+analysed with the same settings and measure definitions, so like is compared with like.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from landscape.core.errors import LandscapeError
+
+# Settings that may differ between runs without making their numbers incomparable.
+IGNORED_SETTINGS = {"members", "analyses", "device", "epochs"}
+#: measure -> (compared on the log scale, invariant to rescaling a layer's filters)
+MEASURES: dict[str, tuple[bool, bool]] = {
+    "test_acc": (False, True),
+    "gap_accuracy": (False, True),
+    "gap_loss": (False, True),
+    "lambda_max": (True, False),
+    "trace": (True, False),
+    "sharpness_worst": (True, True),
+    "sharpness_worst_full": (True, True),
+    "sharpness_average": (True, True),
+    "barrier_students": (False, True),
+    "barrier_hybrid": (False, True),
+    "train_acc": (False, True),
+    "train_loss": (False, True),
+    "weight_norm": (False, False),
+}
+_ROW_KEYS = {
+    "test_acc": "test_acc",
+    "gap_accuracy": "gap_accuracy",
+    "gap_loss": "gap_loss",
+    "lambda_max": "lambda_max",
+    "trace": "trace",
+    "sharpness_worst": "sharpness_worst",
+    "sharpness_worst_full": "sharpness_worst_full",
+    "sharpness_average": "sharpness_average",
+    "train_acc": "train_acc",
+    "train_loss": "full_train_loss",
+    "weight_norm": "weight_norm",
+}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One analysed run: who it is and its rows ``{member: {measure: value}}``."""
+
+    path: Path
+    name: str
+    method: str
+    seed: int
+    epoch: int
+    kinds: dict[str, str]  # member -> "students", "pruned", "hybrid" or "ensemble"
+    values: dict[str, dict[str, float]]
+    settings: dict[str, Any]
+    definitions: dict[str, str]
+    config: dict[str, Any]
+
+
+def study_runs(path: Path) -> tuple[dict[str, Any] | None, list[tuple[Path, str]]]:
+    """``(study.json or None, [(run dir, method label)])`` of a study directory or run list."""
+    study_file = path / "study.json"
+    if not study_file.exists():
+        return None, []
+    study = json.loads(study_file.read_text())
+    runs = []
+    for r in study["runs"]:
+        label = "-".join(p for p in (r["method"], r["variant"]) if p)
+        runs.append((path / r["name"], label))
+    return study, runs
+
+
+def load_run(path: Path, label: str | None = None) -> RunRecord:
+    """The tidy numbers of one analysed run (``LandscapeError`` when it is not analysed)."""
+    info_file, summary_file = path / "run.json", path / "analysis" / "summary.json"
+    if not info_file.exists():
+        raise LandscapeError(f"{path} is not a run directory (it has no run.json)")
+    if not summary_file.exists():
+        raise LandscapeError(f"{path} is not analysed yet; run `landscape analyze {path}` first")
+    info = json.loads(info_file.read_text())
+    summary = json.loads(summary_file.read_text())
+    if info.get("status") != "complete":
+        raise LandscapeError(f"{path} has not finished training (status {info.get('status')!r})")
+    epoch = max(summary["epochs"])
+    if epoch != info.get("epochs_done"):
+        raise LandscapeError(
+            f"{path} was analysed at epoch {epoch}, not at its last checkpoint "
+            f"({info.get('epochs_done')}); analyse with --epochs last"
+        )
+    base_arch = info.get("arch")
+    kinds, values = {}, {}
+    for row in summary["flatness"][str(epoch)]:
+        member = row["member"]
+        if row.get("role") == "ensemble":
+            kinds[member] = "ensemble"
+        elif row.get("role") == "hybrid":
+            kinds[member] = "hybrid"
+        else:
+            arch = info.get("members", {}).get(member, {}).get("arch")
+            kinds[member] = "students" if arch in (None, base_arch) else "pruned"
+        values[member] = {m: float(row[k]) for m, k in _ROW_KEYS.items() if _number(row.get(k))}
+    for key, curve in summary.get("curves", {}).items():
+        if not key.startswith(f"epoch_{epoch:04d}/"):
+            continue
+        a, b = key.rsplit("/", 1)[1].split("--")
+        measure = (
+            "barrier_hybrid" if "hybrid" in (kinds.get(a), kinds.get(b)) else ("barrier_students")
+        )
+        for member in (a, b):
+            if kinds.get(member) in ("students", "pruned"):
+                values.setdefault(member, {}).setdefault(f"_{measure}", []).append(  # type: ignore[arg-type]
+                    curve["barrier_train"]
+                )
+    for vals in values.values():
+        for measure in ("barrier_students", "barrier_hybrid"):
+            found = vals.pop(f"_{measure}", None)
+            if found:
+                vals[measure] = float(sum(found) / len(found))
+    settings = {k: v for k, v in summary["settings"].items() if k not in IGNORED_SETTINGS}
+    definitions = {}
+    for rec in summary["records"].values():
+        if isinstance(rec, dict):
+            for d in _definitions(rec):
+                definitions[d.split("/", 1)[0]] = d
+    config = info.get("config", {})
+    return RunRecord(
+        path=path,
+        name=path.name,
+        method=label or info["method"]["name"],
+        seed=int(config.get("seed", 0)),
+        epoch=epoch,
+        kinds=kinds,
+        values=values,
+        settings=settings,
+        definitions=definitions,
+        config=config,
+    )
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _definitions(rec: dict[str, Any]) -> list[str]:
+    found = [rec["definition"]] if isinstance(rec.get("definition"), str) else []
+    for v in rec.values():
+        if isinstance(v, dict):
+            found += _definitions(v)
+        elif isinstance(v, list):
+            found += [d for x in v if isinstance(x, dict) for d in _definitions(x)]
+    return found
+
+
+def check_comparable(runs: list[RunRecord]) -> None:
+    """Refuse runs analysed with different settings or measure versions (one sentence)."""
+    first = runs[0]
+    for run in runs[1:]:
+        for key in sorted(set(first.settings) | set(run.settings)):
+            if first.settings.get(key) != run.settings.get(key):
+                raise LandscapeError(
+                    f"{first.name} and {run.name} were analysed with different settings ({key}: "
+                    f"{first.settings.get(key)!r} vs {run.settings.get(key)!r}); analyse them alike"
+                )
+        for name in sorted(set(first.definitions) & set(run.definitions)):
+            if first.definitions[name] != run.definitions[name]:
+                raise LandscapeError(
+                    f"{first.name} and {run.name} hold different versions of the {name} measure "
+                    f"({first.definitions[name].split(':')[0]} vs "
+                    f"{run.definitions[name].split(':')[0]}); re-run landscape analyze"
+                )
+        data_a, data_b = first.config.get("data"), run.config.get("data")
+        if data_a != data_b:
+            raise LandscapeError(f"{first.name} and {run.name} trained on different data")
+
+
+def run_means(run: RunRecord, kind: str) -> dict[str, float]:
+    """Each measure averaged over the run's members of ``kind`` (the run is the unit)."""
+    members = [m for m, k in run.kinds.items() if k == kind]
+    out = {}
+    for measure in MEASURES:
+        vals = [run.values[m][measure] for m in members if measure in run.values.get(m, {})]
+        if vals:
+            out[measure] = sum(vals) / len(vals)
+    return out

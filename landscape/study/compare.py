@@ -1,0 +1,224 @@
+"""``landscape compare``: statistics over analysed runs, and verdicts in plain words.
+
+Per method and member kind, every measure over runs (mean, sd, n, Student-t 95% interval; the
+geometric mean for positive measures). Paired contrasts of the reference method (OKDPH) against
+each other method on the seeds both have: ratio (positive measures) or difference, t interval,
+exact sign-flip permutation p, effect size, minimum detectable effect. The primary family
+(declared in study.json, default: lambda_max, trace and worst-case sharpness of the students,
+against every baseline) is Holm-adjusted; every other contrast is exploratory
+(Benjamini-Hochberg). Kendall's tau says whether flatness tracks generalisation over runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from landscape.core.errors import LandscapeError
+from landscape.study import stats
+from landscape.study.collect import MEASURES, RunRecord, check_comparable, run_means
+
+KINDS = ("students", "pruned", "hybrid", "ensemble")
+PRIMARY_MEASURES = ("lambda_max", "trace", "sharpness_worst")
+CONTRAST_MEASURES = (
+    "test_acc",
+    "gap_accuracy",
+    "gap_loss",
+    "lambda_max",
+    "trace",
+    "sharpness_worst",
+    "sharpness_worst_full",
+    "sharpness_average",
+    "barrier_students",
+)
+FLATNESS = ("lambda_max", "trace", "sharpness_worst", "sharpness_average", "barrier_students")
+TARGETS = ("gap_accuracy", "gap_loss", "test_acc")
+# Smallest effects worth reporting: a ratio for positive measures, a difference otherwise.
+DEFAULT_RELEVANCE = {"log": 1.10, "test_acc": 0.01, "gap_accuracy": 0.01, "default": 0.05}
+
+
+def relevance(measure: str, declared: dict[str, float]) -> float:
+    """The declared relevance threshold of ``measure`` (study.json ``relevance``) or ours."""
+    if measure in declared:
+        return float(declared[measure])
+    if MEASURES[measure][0]:
+        return DEFAULT_RELEVANCE["log"]
+    return DEFAULT_RELEVANCE.get(measure, DEFAULT_RELEVANCE["default"])
+
+
+def compare_runs(
+    runs: list[RunRecord],
+    *,
+    reference: str | None = None,
+    study: dict[str, Any] | None = None,
+    max_train_error: float = 0.01,
+) -> dict[str, Any]:
+    """The whole comparison as a JSON-ready dict (see the module docstring)."""
+    if not runs:
+        raise LandscapeError("nothing to compare: no analysed runs")
+    check_comparable(runs)
+    study = study or {}
+    methods = sorted({r.method for r in runs})
+    reference = reference or next((m for m in methods if m.startswith("okdph")), methods[0])
+    if reference not in methods:
+        raise LandscapeError(f"reference method {reference!r} is not among {', '.join(methods)}")
+    means = {(r.method, r.seed, kind): run_means(r, kind) for r in runs for kind in KINDS}
+    table: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
+    for method in methods:
+        for kind in KINDS:
+            for measure, (log, _) in MEASURES.items():
+                vals = [
+                    means[(r.method, r.seed, kind)].get(measure) for r in runs if r.method == method
+                ]
+                vals = [v for v in vals if v is not None]
+                if vals:
+                    table[method][kind][measure] = asdict(stats.describe(vals, log=log))
+    primary = study.get("primary", {})
+    primary_measures = tuple(primary.get("measures", PRIMARY_MEASURES))
+    declared = study.get("relevance", {})
+    contrasts = []
+    for other in (m for m in methods if m != reference):
+        for measure in CONTRAST_MEASURES:
+            a = _by_seed(runs, means, reference, measure)
+            b = _by_seed(runs, means, other, measure)
+            c = stats.paired_contrast(a, b, log=MEASURES[measure][0])
+            if c.n == 0:
+                continue
+            family = "primary" if measure in primary_measures else "exploratory"
+            contrasts.append(
+                {
+                    "a": reference,
+                    "b": other,
+                    "measure": measure,
+                    "kind": "students",
+                    "family": family,
+                    **asdict(c),
+                }
+            )
+    for family, adjust in (("primary", stats.holm), ("exploratory", stats.benjamini_hochberg)):
+        members = [c for c in contrasts if c["family"] == family and math.isfinite(c["p"])]
+        for c, p in zip(members, adjust([c["p"] for c in members]), strict=True):
+            c["p_adj"] = p
+    for c in contrasts:
+        c.setdefault("p_adj", math.nan)
+        c["relevance"] = relevance(c["measure"], declared)
+        c["verdict"] = verdict(c)
+    correlations = _correlations(runs, means, max_train_error)
+    caveats = _caveats(methods, runs)
+    return {
+        "reference": reference,
+        "methods": {m: {k: dict(v) for k, v in table[m].items()} for m in methods},
+        "runs": [
+            {"name": r.name, "method": r.method, "seed": r.seed, "epoch": r.epoch} for r in runs
+        ],
+        "contrasts": contrasts,
+        "correlations": correlations,
+        "verdicts": [c["verdict"] for c in contrasts if c["family"] == "primary"]
+        + [c["verdict"] for c in contrasts if c["family"] != "primary"],
+        "caveats": caveats,
+        "invariant_to_rescaling": {m: inv for m, (_, inv) in MEASURES.items()},
+        "settings": runs[0].settings,
+        "definitions": runs[0].definitions,
+    }
+
+
+def _by_seed(runs: Sequence[RunRecord], means: dict, method: str, measure: str) -> dict[int, float]:
+    return {
+        r.seed: means[(r.method, r.seed, "students")][measure]
+        for r in runs
+        if r.method == method and measure in means[(r.method, r.seed, "students")]
+    }
+
+
+def verdict(c: dict[str, Any]) -> str:
+    """One sentence: the estimate, its interval and test, and what it allows one to say."""
+    log, n = c["log"], c["n"]
+    if log:
+        size = f"{c['estimate']:.3g}x {c['b']}'s [{c['ci_low']:.3g}, {c['ci_high']:.3g}]"
+        null, mde = 1.0, f"{c['mde']:.3g}x"
+        small = max(c["mde"], 1 / c["mde"]) <= c["relevance"] if math.isfinite(c["mde"]) else False
+    else:
+        size = f"{c['estimate']:+.3g} vs {c['b']} [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]"
+        null, mde = 0.0, f"{c['mde']:.3g}"
+        small = c["mde"] <= c["relevance"] if math.isfinite(c["mde"]) else False
+    p = f"p={c['p']:.3g}" if math.isfinite(c["p"]) else "no test"
+    adj = "Holm" if c["family"] == "primary" else "BH"
+    p_adj = f", {adj} p={c['p_adj']:.3g}" if math.isfinite(c["p_adj"]) else ""
+    text = f"{c['a']}'s {c['measure']} is {size} ({p}{p_adj}, n={n}, {c['family']})"
+    excludes = math.isfinite(c["ci_low"]) and not c["ci_low"] <= null <= c["ci_high"]
+    significant = math.isfinite(c["p_adj"]) and c["p_adj"] < 0.05
+    if excludes and significant:
+        word = "higher" if c["estimate"] > null else "lower"
+        return f"{text}: {word}."
+    if small:
+        return f"{text}: no difference larger than {c['relevance']:g} (detectable: {mde})."
+    return f"{text}: inconclusive at n={n} (detectable at 80% power: {mde})."
+
+
+def _correlations(runs: list[RunRecord], means: dict, max_train_error: float) -> list[dict]:
+    """Kendall's tau of each flatness measure against each target over the runs' students,
+    keeping runs whose students fit the training set (train error <= max_train_error)."""
+    kept = [
+        means[(r.method, r.seed, "students")]
+        for r in runs
+        if 1 - means[(r.method, r.seed, "students")].get("train_acc", 0.0) <= max_train_error
+    ]
+    out = []
+    for measure in FLATNESS:
+        for target in TARGETS:
+            pairs = [(m[measure], m[target]) for m in kept if measure in m and target in m]
+            if not pairs:
+                continue
+            x, y = zip(*pairs, strict=True)
+            corr = stats.kendall(list(x), list(y))
+            out.append(
+                {
+                    "measure": measure,
+                    "target": target,
+                    **asdict(corr),
+                    "runs_kept": len(kept),
+                    "runs": len(runs),
+                    "max_train_error": max_train_error,
+                }
+            )
+    return out
+
+
+def _caveats(methods: list[str], runs: list[RunRecord]) -> list[str]:
+    notes = []
+    paper = [
+        r
+        for r in runs
+        if r.method.startswith("okdph")
+        and r.config.get("method_args", {}).get("mode", "paper") == "paper"
+    ]
+    if paper:
+        notes.append(
+            "paper-mode OKDPH trains on random points of its students' simplex, so a low "
+            "student-student barrier is part of its objective, not a finding about flatness"
+        )
+    if any(k == "pruned" for r in runs for k in r.kinds.values()):
+        notes.append(
+            "members narrower than the run's architecture (WML's pruned heads) are "
+            "reported as 'pruned', apart from full-width students"
+        )
+    notes.append(
+        "lambda_max and trace change when a layer's filters are rescaled (Dinh et al. "
+        "2017); adaptive sharpness does not"
+    )
+    return notes
+
+
+def load_runs(paths: Sequence[Path]) -> tuple[dict[str, Any] | None, list[RunRecord]]:
+    """A study directory (its study.json's runs, with their method labels) or a list of runs."""
+    from landscape.study.collect import load_run, study_runs
+
+    if len(paths) == 1:
+        study, listed = study_runs(paths[0])
+        if study is not None:
+            return study, [load_run(p, label) for p, label in listed]
+    return None, [load_run(p) for p in paths]

@@ -1,0 +1,321 @@
+"""``okdph sweep``: train a grid of methods x variants x seeds into one study directory.
+
+Every run is a normal run directory, ``<study>/<method>[-<variant>]-s<seed>/``; ``study.json``
+records the grid, the protocol and every run's overrides, so ``landscape compare`` knows what was
+compared with what. Rerunning a sweep skips finished runs and resumes interrupted ones.
+
+Protocols (recorded in study.json):
+
+* ``matched`` (default): every method gets the preset's architecture, per-student views (see
+  :func:`okdph.session.view_pipelines`), schedule and seeds, and one initialisation rule
+  (``init=shared`` unless set or varied): differences are the methods' alone.
+* ``reference``: each method as its paper or code ran it: OKDPH as the preset says; the other
+  methods with their own default initialisation and the first listed augmentation for every
+  network (OKDPH's baselines used one augmentation).
+
+Method entries may carry method options: ``okdph:mode=code``, ``okdph:fusion_every=none`` are
+ablations with their own run names (``okdph-mode_code-s0``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from okdph.config import ConfigError, TrainConfig, apply_overrides
+from okdph.presets import preset_config
+from okdph.run import RunDir, atomic_write_bytes
+
+PROTOCOLS = ("matched", "reference")
+STUDY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One cell of the grid."""
+
+    name: str
+    method: str
+    variant: str
+    seed: int
+    overrides: tuple[str, ...]
+
+
+@dataclass
+class Study:
+    """The grid of a sweep; ``study.json`` is its ``to_dict``."""
+
+    preset: str
+    protocol: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    vary: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()
+
+    def runs(self) -> list[PlannedRun]:
+        """Every run of the grid, methods outermost, seeds innermost."""
+        keys = sorted(self.vary)
+        combos = list(itertools.product(*(self.vary[k] for k in keys))) or [()]
+        out = []
+        for entry in self.methods:
+            method, options = parse_method(entry)
+            for combo in combos:
+                varied = [f"{k}={v}" for k, v in zip(keys, combo, strict=True)]
+                label = [_label(o) for o in options] + [_label(v) for v in varied]
+                variant = "-".join(label)
+                for seed in self.seeds:
+                    overrides = (
+                        f"method={method}",
+                        *self._protocol_overrides(method),
+                        *self.overrides,
+                        *(f"method.{o}" for o in options),
+                        *varied,
+                        f"seed={seed}",
+                    )
+                    name = "-".join(p for p in (method, variant, f"s{seed}") if p)
+                    out.append(PlannedRun(name, method, variant, seed, overrides))
+        return out
+
+    def _protocol_overrides(self, method: str) -> tuple[str, ...]:
+        base = preset_config(self.preset)
+        set_keys = {o.split("=", 1)[0] for o in (*self.overrides, *self.vary)}
+        if self.protocol == "matched":
+            return () if "init" in set_keys else ("init=shared",)
+        if method == "okdph":
+            return ()
+        own = () if "augment" in set_keys else (f"augment={base.augment[0]}",)
+        return (*own, *(() if "init" in set_keys else ("init=auto",)))
+
+    def config(self, run: PlannedRun) -> TrainConfig:
+        """The resolved training config of one run."""
+        return apply_overrides(preset_config(self.preset), list(run.overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": STUDY_VERSION,
+            "preset": self.preset,
+            "protocol": self.protocol,
+            "methods": list(self.methods),
+            "seeds": list(self.seeds),
+            "vary": {k: list(v) for k, v in self.vary.items()},
+            "overrides": list(self.overrides),
+            "runs": [asdict(r) for r in self.runs()],
+        }
+
+
+def parse_method(entry: str) -> tuple[str, list[str]]:
+    """``"okdph:mode=code:beta=0.5"`` -> ``("okdph", ["mode=code", "beta=0.5"])``."""
+    method, *options = entry.split(":")
+    for o in options:
+        if "=" not in o:
+            raise ConfigError(f"method option {o!r} of {entry!r} is not of the form key=value")
+    return method, options
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` or ``"0-7"`` (or a mix, ``"0-3,8"``) as a tuple of seeds."""
+    seeds: list[int] = []
+    try:
+        for part in (p for p in text.split(",") if p):
+            lo, _, hi = part.partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise ConfigError(f"seeds must look like 0,1,2 or 0-7, not {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"seeds must be distinct non-negative integers, not {text!r}")
+    return tuple(seeds)
+
+
+def parse_vary(items: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """``["init=shared,independent"]`` -> ``{"init": ("shared", "independent")}``."""
+    out = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ConfigError(f"--vary takes key=v1,v2, not {item!r}")
+        out[key] = tuple(v for v in values.split(",") if v)
+    return out
+
+
+def _label(override: str) -> str:
+    key, _, value = override.partition("=")
+    return f"{key.split('.')[-1]}_{value}".replace("/", "_").replace(",", "_")
+
+
+def open_study(out: Path, study: Study) -> list[PlannedRun]:
+    """Check every run's config, then create ``out`` and its study.json (or check that an
+    existing one describes the same grid); returns the runs."""
+    if study.protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {study.protocol!r}")
+    from okdph.methods import list_methods
+
+    known = list_methods()
+    for entry in study.methods:
+        if parse_method(entry)[0] not in known:
+            raise ConfigError(
+                f"unknown method {parse_method(entry)[0]!r}; available methods: {', '.join(known)}"
+            )
+    if not study.methods:
+        raise ConfigError("--methods lists no method")
+    runs = study.runs()
+    for run in runs:
+        study.config(run).validate()  # every cell is valid before anything is written
+    path = out / "study.json"
+    record = json.loads(json.dumps(study.to_dict()))  # as stored: tuples become lists
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise ConfigError(
+                f"{path} is not valid JSON; move it away to start a new study"
+            ) from None
+        if {k: v for k, v in old.items() if k != "created"} != record:
+            raise ConfigError(
+                f"{out} holds a different study (its study.json differs); use another --out"
+            )
+        return runs
+    out.mkdir(parents=True, exist_ok=True)
+    record["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+    return runs
+
+
+def run_state(path: Path) -> str:
+    """``"done"``, ``"resume"`` (a run with a checkpoint, not finished) or ``"new"``."""
+    run = RunDir(path)
+    if not run.exists():
+        return "new"
+    try:
+        status = run.read_info().get("status")
+    except Exception:  # an unreadable run.json: start again
+        return "new"
+    if status == "complete":
+        return "done"
+    return "resume" if run.last_checkpoint() is not None else "new"
+
+
+def train_command(study: Study, run: PlannedRun, out: Path, state: str) -> list[str]:
+    """The ``okdph train`` command line of one run."""
+    base = [sys.executable, "-m", "okdph", "train", "--no-progress"]
+    if state == "resume":
+        return [*base, "--resume", str(out / run.name)]
+    return [
+        *base,
+        "--preset",
+        study.preset,
+        "--set",
+        *run.overrides,
+        "--out",
+        str(out / run.name),
+        "--overwrite",
+    ]
+
+
+def sweep(
+    study: Study,
+    out: Path,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> dict[str, str]:
+    """Train every unfinished run of ``study`` into ``out``; returns ``{run: outcome}``.
+
+    ``workers > 1`` trains that many runs at once as ``okdph train`` subprocesses, each on its own
+    CUDA device when there are several (round robin), else all on the default device.
+    """
+    runs = open_study(out, study)
+    states = {r.name: run_state(out / r.name) for r in runs}
+    todo = [r for r in runs if states[r.name] != "done"]
+    outcomes = {r.name: "skipped (done)" for r in runs if states[r.name] == "done"}
+    log(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to train -> {out}")
+    started = time.perf_counter()
+
+    def report(i: int, run: PlannedRun, outcome: str) -> None:
+        outcomes[run.name] = outcome
+        elapsed = time.perf_counter() - started
+        left = len(todo) - i
+        eta = f", ETA {elapsed / i * left / 60:.1f} min" if left else ""
+        log(f"[{i}/{len(todo)}] {run.name}: {outcome} ({elapsed / 60:.1f} min{eta})")
+
+    if workers <= 1:
+        from okdph import trainer
+
+        for i, run in enumerate(todo, 1):
+            log(f"[{i - 1}/{len(todo)}] {run.name}: {states[run.name]}")
+            path = out / run.name
+            try:
+                if states[run.name] == "resume":
+                    trainer.resume(path, progress=progress)
+                else:
+                    trainer.train(
+                        study.config(run),
+                        path,
+                        overwrite=True,
+                        progress=progress,
+                        command=train_command(study, run, out, "new")[2:],
+                    )
+                report(i, run, "trained")
+            except trainer.TrainingDiverged as err:
+                report(i, run, f"diverged ({err})")
+        return outcomes
+    devices = _devices()
+    pending = list(todo)
+    active: dict[subprocess.Popen, PlannedRun] = {}
+    done = 0
+    while pending or active:
+        while pending and len(active) < workers:
+            run = pending.pop(0)
+            cmd = train_command(study, run, out, states[run.name])
+            env = dict(os.environ)
+            if devices:
+                env["CUDA_VISIBLE_DEVICES"] = devices[len(active) % len(devices)]
+            active[subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)] = run
+        time.sleep(0.2)
+        for proc in [p for p in active if p.poll() is not None]:
+            run = active.pop(proc)
+            done += 1
+            report(
+                done, run, "trained" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+            )
+    return outcomes
+
+
+def _devices() -> list[str]:
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [str(i) for i in range(count)] if count > 1 else []
+
+
+def print_commands(study: Study, out: Path) -> list[str]:
+    """One shell line per unfinished run, for another scheduler (study.json is written)."""
+    runs = open_study(out, study)
+    lines = []
+    for run in runs:
+        state = run_state(out / run.name)
+        if state != "done":
+            cmd = train_command(study, run, out, state)
+            lines.append(shlex.join(["okdph", *cmd[3:]]))
+    return lines
+
+
+def load_study(path: Path) -> dict[str, Any]:
+    """The study.json of a study directory."""
+    file = path / "study.json"
+    if not file.exists():
+        raise ConfigError(f"{path} is not a study directory (it has no study.json)")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(f"{file} is not valid JSON") from None
