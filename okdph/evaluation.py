@@ -36,14 +36,23 @@ def evaluate(
     method.eval()
     forwards = method.eval_forwards()
     ensemble = method.ensemble_members()
-    loss = {name: 0.0 for name in [*forwards, "ensemble"]}
+    weights = method.ensemble_weights()
+    # A weighted ensemble is the method's own; the plain mean is then reported beside it.
+    extra = ["ensemble"] if weights is None else ["ensemble", "ensemble_mean"]
+    loss = {name: 0.0 for name in [*forwards, *extra]}
     correct = dict.fromkeys(loss, 0)
     for start in range(0, len(y), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         xb = to_memory_format(xb, channels_last)
         with autocast(xb.device, amp):
             logits = {name: fn(xb) for name, fn in forwards.items()}
-        logits["ensemble"] = torch.stack([logits[n] for n in ensemble]).mean(0)
+        stacked = torch.stack([logits[n] for n in ensemble])
+        if weights is None:
+            logits["ensemble"] = stacked.mean(0)
+        else:
+            w = weights.to(stacked).view(-1, *([1] * (stacked.dim() - 1)))
+            logits["ensemble"] = (w * stacked).sum(0)
+            logits["ensemble_mean"] = stacked.mean(0)
         for name, z in logits.items():
             loss[name] += F.cross_entropy(z.float(), yb, reduction="sum").item()
             correct[name] += (z.argmax(1) == yb).sum().item()

@@ -103,6 +103,9 @@ class Method(nn.Module):
     def start_epoch(self, epoch: int, rng: np.random.Generator) -> None:
         """Called before the first batch of ``epoch`` (also right after a resume)."""
 
+    def end_epoch(self, epochs_done: int) -> None:
+        """Called after an epoch's test evaluation, before its checkpoint is written."""
+
     def eval_forwards(self) -> dict[str, Callable[[Tensor], Tensor]]:
         """Member name -> function from inputs to logits, for evaluation (the caller sets eval
         mode and no_grad); derived members such as OKDPH's hybrid are built once here."""
@@ -111,6 +114,11 @@ class Method(nn.Module):
     def ensemble_members(self) -> list[str]:
         """Members whose mean logits form the reported ``ensemble``."""
         return list(self.nets)
+
+    def ensemble_weights(self) -> Tensor | None:
+        """Weights of the members' logits in the reported ``ensemble`` (``None``: the mean), for
+        a method that defines its ensemble as a weighted one (WML)."""
+        return None
 
     def checkpoint_states(self) -> dict[str, dict[str, Tensor]]:
         """State dict of every member written to checkpoints (derived members included)."""

@@ -16,9 +16,16 @@ Two readings of the method, recorded in run.json:
 
 ``hwm_sampling`` and ``hwm_grad`` override either half of a mode for ablations.
 
-Fusion uses the students after the step (the code used the HWM built before the step, which with
-gamma = 1 discards that batch's update) and, at epoch granularity, happens before the next epoch's
-first batch, so checkpoints and test metrics show the students as trained, not as fused.
+Fusion follows the reading too:
+
+* paper: towards the HWM of the students after the step (fresh coefficients); at epoch
+  granularity before the next epoch's first batch, so checkpoints show the students as trained.
+* code, as ``src/OKDPH.py`` orders it: towards the HWM built at the start of the batch, before
+  the step (its BatchNorm statistics updated by its own forward), so with gamma = 1 the batch's
+  update is discarded; at epoch granularity after the epoch's test and before its checkpoint,
+  towards the HWM of the epoch's last batch. Checkpoints then hold the students after fusion
+  and, as ``hybrid``, that last HWM, as the reference's ``--save`` files do; the epoch's test
+  metrics are those before fusion (as the reference logs them).
 """
 
 from __future__ import annotations
@@ -36,7 +43,10 @@ from okdph.config import ConfigError
 from okdph.hybrid import barycentre, convex_combination, fuse_, sample_coefficients
 from okdph.methods.base import Method, StepContext, kd_loss, register_method
 
-_MODES = {"paper": ("dirichlet", "through"), "code": ("mean", "detached")}
+_MODES = {
+    "paper": ("dirichlet", "through", "post_step"),
+    "code": ("mean", "detached", "pre_step"),
+}
 
 
 def parse_interval(text: str) -> tuple[int, str] | None:
@@ -68,6 +78,7 @@ class OKDPH(Method):
         mode: str = "paper"
         hwm_sampling: str | None = None  # "dirichlet" | "mean"; None: as the mode says
         hwm_grad: str | None = None  # "through" | "detached"; None: as the mode says
+        fusion_target: str | None = None  # "post_step" | "pre_step"; None: as the mode says
         alpha: float = 1.0
         omega: float = 0.8
         beta: float = 0.8
@@ -79,9 +90,15 @@ class OKDPH(Method):
         def validate(self) -> None:
             if self.mode not in _MODES:
                 raise ConfigError(f"method.mode must be 'paper' or 'code', got {self.mode!r}")
-            sampling, grad = _MODES[self.mode]
+            sampling, grad, target = _MODES[self.mode]
             self.hwm_sampling = self.hwm_sampling or sampling
             self.hwm_grad = self.hwm_grad or grad
+            self.fusion_target = self.fusion_target or target
+            if self.fusion_target not in ("post_step", "pre_step"):
+                raise ConfigError(
+                    "method.fusion_target must be 'post_step' or 'pre_step', "
+                    f"got {self.fusion_target!r}"
+                )
             if self.hwm_sampling not in ("dirichlet", "mean"):
                 raise ConfigError(
                     f"method.hwm_sampling must be 'dirichlet' or 'mean', got {self.hwm_sampling!r}"
@@ -102,6 +119,26 @@ class OKDPH(Method):
         super().__init__(config, make_model, num_students, init)
         self.fusion = parse_interval(config.fusion_every)
         self.coefficients = np.full(num_students, 1.0 / num_students)
+        # Code reading: the HWM as built for the last batch (before its step), the fusion target.
+        self.last_hybrid: dict[str, Tensor] | None = None
+
+    @property
+    def pre_step_fusion(self) -> bool:
+        return self.config.fusion_target == "pre_step"
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out["checkpoint_hybrid"] = (
+            "the HWM of the epoch's last batch, built before its step (as the reference saves)"
+            if self.pre_step_fusion
+            else "the barycentre of the checkpoint's students"
+        )
+        out["checkpoint_students"] = (
+            "after the epoch's fusion (test metrics are from before it)"
+            if self.pre_step_fusion
+            else "as trained (an epoch fusion happens before the next epoch)"
+        )
+        return out
 
     @property
     def num_views(self) -> int:
@@ -119,9 +156,17 @@ class OKDPH(Method):
             buffers = convex_combination([dict(s.named_buffers()) for s in self.students], weights)
         return {**params, **buffers}
 
-    def hybrid_forward(self, x: Tensor, coefficients, grad: bool = False) -> Tensor:
-        """Logits of the HWM on ``x``; in train mode BatchNorm uses the batch's statistics."""
-        return functional_call(self.students[0], self.hybrid_state(coefficients, grad), (x,))
+    def hybrid_forward(
+        self, x: Tensor, coefficients, grad: bool = False, state: dict[str, Tensor] | None = None
+    ) -> Tensor:
+        """Logits of the HWM on ``x`` (``state``: a ready :meth:`hybrid_state`); in train mode
+        BatchNorm uses the batch's statistics and updates the HWM's running statistics, as the
+        reference's separate HWM network does."""
+        state = state if state is not None else self.hybrid_state(coefficients, grad)
+        out = functional_call(self.students[0], state, (x,))
+        if self.pre_step_fusion:
+            self.last_hybrid = {k: v.detach().clone() for k, v in state.items()}
+        return out
 
     def compute_loss(
         self, views: list[Tensor], y: Tensor, ctx: StepContext
@@ -129,8 +174,11 @@ class OKDPH(Method):
         cfg = self.config
         M = self.num_students
         self.coefficients = sample_coefficients(M, ctx.rng, cfg.hwm_sampling, cfg.alpha)
+        # The HWM is built before the students' forwards (as the reference's update_hwm at the
+        # start of a batch), so its BatchNorm statistics are the students' before this batch.
+        state = self.hybrid_state(self.coefficients, grad=cfg.hwm_grad == "through")
         logits = [net(x) for net, x in zip(self.students, views)]
-        z_h = self.hybrid_forward(views[M], self.coefficients, grad=cfg.hwm_grad == "through")
+        z_h = self.hybrid_forward(views[M], self.coefficients, state=state)
         teacher_parts = logits + [z_h] if cfg.hwm_in_teacher else logits
         teacher = torch.stack(teacher_parts).mean(0).detach()
         ce_h = F.cross_entropy(z_h, y)
@@ -157,24 +205,44 @@ class OKDPH(Method):
             for student in self.students:
                 fuse_(student, target, self.config.fusion_gamma)
 
+    def _fuse_towards(self, target: dict[str, Tensor]) -> None:
+        with torch.no_grad():
+            for student in self.students:
+                fuse_(student, target, self.config.fusion_gamma)
+
     def after_step(self, ctx: StepContext) -> None:
         if self.fusion and self.fusion[1] == "batch" and ctx.batch % self.fusion[0] == 0:
-            self._fuse(self.coefficients)
+            if self.pre_step_fusion and self.last_hybrid is not None:
+                self._fuse_towards(self.last_hybrid)
+            else:
+                self._fuse(self.coefficients)
 
-    def start_epoch(self, epoch: int, rng: np.random.Generator) -> None:
-        # Fusion "every N epochs" happens after epochs 0, N, 2N, ... (as the reference code), i.e.
-        # before epochs 1, N+1, ...; done here so checkpoints hold the students as trained.
-        if (
+    def _epoch_fusion_due(self, epochs_done: int) -> bool:
+        # "Every N epochs" fuses after epochs 0, N, 2N, ... (0-based, as the reference code).
+        return bool(
             self.fusion
             and self.fusion[1] == "epoch"
-            and epoch >= 1
-            and (epoch - 1) % self.fusion[0] == 0
-        ):
+            and epochs_done >= 1
+            and (epochs_done - 1) % self.fusion[0] == 0
+        )
+
+    def start_epoch(self, epoch: int, rng: np.random.Generator) -> None:
+        # Paper reading: before the next epoch, so checkpoints hold the students as trained.
+        if not self.pre_step_fusion and self._epoch_fusion_due(epoch):
             cfg = self.config
             self._fuse(sample_coefficients(self.num_students, rng, cfg.hwm_sampling, cfg.alpha))
 
+    def end_epoch(self, epochs_done: int) -> None:
+        # Code reading: after the epoch's test, before its checkpoint, towards the last HWM.
+        if self.pre_step_fusion and self._epoch_fusion_due(epochs_done):
+            if self.last_hybrid is not None:
+                self._fuse_towards(self.last_hybrid)
+
     def barycentre_state(self) -> dict[str, Tensor]:
-        """The checkpointed ``hybrid``: mean of the students' floating-point tensors."""
+        """The checkpointed ``hybrid``: mean of the students' floating-point tensors (paper
+        reading); the code reading saves the HWM of the last batch, as the reference does."""
+        if self.pre_step_fusion and self.last_hybrid is not None:
+            return dict(self.last_hybrid)
         return barycentre([s.state_dict() for s in self.students])
 
     def eval_forwards(self) -> dict[str, Callable[[Tensor], Tensor]]:

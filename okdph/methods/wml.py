@@ -298,3 +298,7 @@ class WML(Method):
         if self.config.branches:
             return cached_trunk_forwards(self.nets)
         return super().eval_forwards()
+
+    def ensemble_weights(self) -> Tensor:
+        # WML's ensemble is the weighted one its outer objective trains: sum_i w_i z_i.
+        return self.peer_weights.detach()

@@ -117,15 +117,34 @@ def test_batch_fusion_with_gamma_one_makes_every_student_the_hwm():
                 assert torch.equal(value, target[name]), name
 
 
-def test_epoch_fusion_happens_before_the_next_epoch_only_on_schedule():
-    m = _method("code", num=2, fusion_every="2_epoch", fusion_gamma=1.0)
+def test_paper_epoch_fusion_happens_before_the_next_epoch_only_on_schedule():
+    m = _method("paper", num=2, fusion_every="2_epoch", fusion_gamma=1.0, alpha=1e6)
     before = [p.clone() for p in m.students[0].parameters()]
     m.start_epoch(0, np.random.default_rng(0))  # nothing trained yet
     m.start_epoch(2, np.random.default_rng(0))  # after epoch index 1: not a fusion epoch
+    m.end_epoch(1)  # the paper reading never fuses at the end of an epoch
     assert all(torch.equal(a, b) for a, b in zip(before, m.students[0].parameters()))
     m.start_epoch(1, np.random.default_rng(0))  # after epoch index 0: fuse (as the reference code)
     for a, b in zip(m.students[0].parameters(), m.students[1].parameters()):
         assert torch.equal(a, b)
+
+
+def test_code_epoch_fusion_happens_at_the_end_of_the_epoch_towards_the_last_hwm():
+    m = _method("code", num=2, fusion_every="2_epoch", fusion_gamma=1.0)
+    before = [p.clone() for p in m.students[0].parameters()]
+    m.start_epoch(1, np.random.default_rng(0))  # the code reading fuses in end_epoch only
+    assert all(torch.equal(a, b) for a, b in zip(before, m.students[0].parameters()))
+    target = {
+        k: v + 1.0 if v.is_floating_point() else v for k, v in m.hybrid_state([0.5, 0.5]).items()
+    }
+    m.last_hybrid = target
+    m.end_epoch(2)  # after epoch index 1: not a fusion epoch
+    assert all(torch.equal(a, b) for a, b in zip(before, m.students[0].parameters()))
+    m.end_epoch(1)  # after epoch index 0: fuse towards the last batch's HWM
+    for name, p in m.students[1].named_parameters():
+        assert torch.equal(p, target[name])
+    saved = m.checkpoint_states()["hybrid"]  # the reference saves the last batch's HWM
+    assert all(torch.equal(saved[k], v) for k, v in target.items())
 
 
 def test_checkpointed_hybrid_is_the_barycentre_and_evaluated():

@@ -162,8 +162,10 @@ def test_students_do_not_collapse(tmp_path):
     trainer.train(same, tmp_path / "same", progress=False)
     s0, s1 = _student_weights(tmp_path / "same")
     assert _identical(s0, s1)
+    # Code mode saves the last batch's HWM, built before its step: the students one step back.
     hybrid = _weights(tmp_path / "same" / "checkpoints" / "epoch_0001.pt")["hybrid"]
-    assert _identical(hybrid, s0)
+    gap = max(float((hybrid[k] - s0[k]).abs().max()) for k in s0 if s0[k].is_floating_point())
+    assert 0 < gap < 0.05
 
     for preset in ("mnist1d", "demo"):
         cfg = apply_overrides(preset_config(preset), ["epochs=1"])
