@@ -27,6 +27,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--arch", help="model registry name (reference and state-dict folders)")
     p.add_argument("--data", help="dataset name (reference and state-dict folders)")
+    p.add_argument("--data-root", type=Path, help="folder holding the dataset's files (CIFAR)")
     p.add_argument(
         "--samples",
         type=int,
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--analyses",
         default=",".join(DEFAULT_ANALYSES),
-        help=f"comma-separated subset of {','.join(ANALYSES)} (default: all but layers)",
+        help=f"comma-separated subset of {', '.join(ANALYSES)} (default: all but layers)",
     )
     a.add_argument("--k", type=int, default=5, help="eigenvalues at each end (default %(default)s)")
     a.add_argument("--tol", type=float, default=1e-3, help="eigenvalue relative tolerance")
@@ -309,6 +310,7 @@ def _analyze_one(args: argparse.Namespace) -> int:
         out=args.out,
         arch=args.arch,
         data=args.data,
+        data_root=args.data_root,
         formats=formats,
         self_contained=args.self_contained,
         resume=args.resume,
@@ -331,7 +333,7 @@ def _single(args: argparse.Namespace, **extra):
     from landscape.pipeline.runs import open_run
     from landscape.pipeline.steps import Context
 
-    run = open_run(args.run_dir, args.arch, args.data)
+    run = open_run(args.run_dir, args.arch, args.data, args.data_root)
     settings = _settings(args, **extra)
     settings.validate()
     epoch = select_epochs(run, args.epoch)[-1]

@@ -219,9 +219,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         print("\n".join(list_models()))
     elif args.what == "methods":
-        from okdph.methods import list_methods
+        import dataclasses
 
-        print("\n".join(list_methods()))
+        from okdph.methods import list_methods, method_class
+
+        for name in list_methods():
+            cls = method_class(name)
+            doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip()
+            print(f"{name:<12} {doc.splitlines()[0] if doc else ''}")
+            switches = ", ".join(
+                f"method.{f.name}={f.default!r}"
+                for f in dataclasses.fields(cls.Config)
+                if f.default is not dataclasses.MISSING
+            )
+            print(f"{'':<12} switches: {switches or '(none)'}")
     elif args.what == "datasets":
         from okdph.data import list_datasets
 

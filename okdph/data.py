@@ -268,8 +268,15 @@ def _read_cifar(name: str, root: Path, train: bool) -> tuple[np.ndarray, np.ndar
                 entry = pickle.load(f, encoding="latin1")
         except (pickle.UnpicklingError, EOFError, ValueError) as err:
             raise DataError(f"{path} is not a readable CIFAR batch file ({err})") from None
+        # Pickles written by Python 3 with bytes keys (b"data", b"labels") load as well.
+        entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        labels = entry.get("labels", entry.get("fine_labels"))
+        if "data" not in entry or labels is None:
+            raise DataError(
+                f"CIFAR file {path} has no 'data' and 'labels' (or 'fine_labels') entries"
+            )
         xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(entry["labels"] if "labels" in entry else entry["fine_labels"]))
+        ys.append(np.asarray(labels))
     return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
 
 

@@ -156,6 +156,23 @@ for _data, _arch, _omega, _beta, _gamma, _every in _REFERENCE:
         f"method.fusion_every={_every}",
     )
 
+# The OKDPH paper's baselines on the same settings (src/baseline.sh): the students' views of the
+# OKDPH preset, each method's own default initialisation. `okdph sweep --protocol matched` gives
+# them OKDPH's init rule instead; `--protocol reference` one augmentation for every network.
+for _data, _arch, *_ in _REFERENCE:
+    _views = _CIFAR_VIEWS[_data].split("=", 1)[1].split(",")[:2]
+    for _method in ("independent", "dml", "kdcl"):
+        register_preset(
+            f"{_data}-{_arch}-{_method}",
+            f"{_method} on {_data.upper()} with {_arch}: OKDPH's schedule and student views, "
+            "300 epochs",
+            f"method={_method}",
+            f"data={_data}",
+            f"model={_arch}",
+            *_CIFAR,
+            "augment=" + ",".join(_views),
+        )
+
 # ---- OKDDip and WML ------------------------------------------------------------------------------
 # OKDDip as the official code (methods.md 2): 3 peers + 1 leader sharing the early stages, one view
 # for all of them, T = 3, alpha = 1, ramp over 80/300 of the run, Nesterov momentum.
@@ -182,8 +199,35 @@ for _name, _base, _data_desc in (
         "augment=shift",
     )
 
+# SAM as the OKDPH repository's src/13_SAM.py: adaptive, label smoothing 0.1, one view per network
+# (hflip; hflip+rot on CIFAR-100), rho 0.1 on CIFAR-10 and 0.05 on CIFAR-100.
+_SAM_CIFAR = {
+    "cifar10": ("method.rho=0.1", "augment=crop+flip"),
+    "cifar100": ("method.rho=0.05", "augment=crop+flip+rot"),
+}
+for _name, _base, _data_desc in (
+    ("digits", _DIGITS, "the demo's CNNs on digits"),
+    ("mnist1d", _MNIST1D, "1D CNNs on mnist1d"),
+):
+    register_preset(
+        f"{_name}-sam",
+        f"adaptive SAM (rho 0.05, label smoothing 0.1), students trained apart, {_data_desc}",
+        *_base,
+        "method=sam",
+        "augment=shift,shift+scale",
+    )
+
 for _data in ("cifar10", "cifar100"):
     for _arch in ("resnet32", "resnet110", "wrn_20_8", "vgg16", "densenet40_12"):
+        register_preset(
+            f"{_data}-{_arch}-sam",
+            f"adaptive SAM on {_data.upper()} with {_arch} (src/13_SAM.py settings, 300 epochs)",
+            f"data={_data}",
+            f"model={_arch}",
+            *_CIFAR,
+            "method=sam",
+            *_SAM_CIFAR[_data],
+        )
         # The official branch VGG (vgg_GL.py) keeps torchvision's dropout 0.5 in its classifier.
         _extra = ("model.dropout=0.5",) if _arch == "vgg16" else ()
         register_preset(

@@ -143,6 +143,7 @@ class Trainer:
                 loss, terms = method.compute_loss(views, y, ctx)
             s.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            method.before_step(ctx)
             s.optimizer.step()
             with autocast(s.device, cfg.amp):
                 method.after_step(ctx)

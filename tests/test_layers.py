@@ -22,6 +22,7 @@ LANDSCAPE_ALLOWED = {
     "report": {"core"},
     "study": {"core", "report"},
     "cli": {"core", "curvature", "geometry", "pipeline", "report", "study"},
+    "__main__": {"cli"},
     "__init__": {"core", "curvature", "geometry", "pipeline", "report"},
 }
 #: What ``landscape`` may use of ``okdph``: the run-directory format, the registries and data.

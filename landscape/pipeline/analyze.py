@@ -256,6 +256,7 @@ def analyze_run(
     out: str | Path | None = None,
     arch: str | None = None,
     data: str | None = None,
+    data_root: str | Path | None = None,
     formats: tuple[str, ...] = ("html", "json"),
     self_contained: bool = False,
     resume: bool = False,
@@ -272,6 +273,7 @@ def analyze_run(
         self_contained: inline plotly.js in ``report.html`` (one file that travels) instead of
             writing ``plotly.min.js`` beside it.
         resume: reuse the settings stored by the previous call in ``out``.
+        data_root: folder holding the dataset's files (CIFAR), overriding the run's.
         show_progress: progress bars on stderr.
     """
     from landscape.pipeline.runs import open_run
@@ -282,7 +284,7 @@ def analyze_run(
         raise LandscapeError(
             f"unknown format {unknown[0]!r}; choose from html, json, png, svg, pdf"
         )
-    run = open_run(path, arch, data)
+    run = open_run(path, arch, data, data_root)
     out = Path(out) if out else run.path / "analysis"
     store = ResultsStore(out)
     if resume:

@@ -215,6 +215,7 @@ def open_run(
     path: str | Path,
     arch: str | dict[str, Any] | None = None,
     data: str | dict[str, Any] | None = None,
+    data_root: str | Path | None = None,
 ) -> Run:
     """Read a run directory of any supported layout.
 
@@ -223,6 +224,7 @@ def open_run(
         arch: registry name (or ``{"name", "kwargs"}``) of the architecture; required for the
             reference and state-dict layouts, ignored for ours (run.json knows it).
         data: dataset name (or ``{"name", "kwargs"}``); as ``arch``.
+        data_root: folder holding the dataset files (CIFAR), for any layout (``data.root``).
 
     Raises:
         LandscapeError: a missing or empty directory, missing ``arch``/``data``, an unreadable
@@ -233,6 +235,10 @@ def open_run(
         raise LandscapeError(f"run directory {path} does not exist")
     if not path.is_dir():
         raise LandscapeError(f"{path} is not a directory")
+    if data_root is not None:
+        run = open_run(path, arch, data)
+        run.data = {**run.data, "kwargs": {**run.data.get("kwargs", {}), "root": str(data_root)}}
+        return run
     if (path / "run.json").exists():
         return _open_ours(path)
     files = sorted(p for p in path.iterdir() if p.is_file())
@@ -318,11 +324,19 @@ def _open_ours(path: Path) -> Run:
         if sidecar_path.exists():
             try:
                 sidecar = json.loads(sidecar_path.read_text())
-            except json.JSONDecodeError:
-                sidecar = {}
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                sidecar = {}  # the sidecar is a convenience; the checkpoint itself decides
+        if not isinstance(sidecar, dict):
+            sidecar = {}
         names = sidecar.get("members", list(members_info))
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            names = list(members_info)
         checkpoints.append(
-            Checkpoint(int(m.group(1)), {n: p for n in names}, sidecar.get("metrics", {}))
+            Checkpoint(
+                int(m.group(1)),
+                {n: p for n in names},
+                sidecar.get("metrics", {}) if isinstance(sidecar.get("metrics"), dict) else {},
+            )
         )
     if not checkpoints:
         raise LandscapeError(f"{path} has no checkpoint yet (checkpoints/epoch_NNNN.pt)")

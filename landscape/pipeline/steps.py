@@ -174,7 +174,13 @@ class Context:
                 self.run.data["name"], self.device, **self.run.data.get("kwargs", {})
             )
         except DataError as err:
-            raise LandscapeError(str(err)) from None
+            # okdph's messages speak its --set syntax; say what landscape's flag is.
+            text = (
+                str(err)
+                .replace("pass data.download=true or a valid data.root", "pass --data-root DIR")
+                .replace("pass data.download=true to fetch", "pass --data-root DIR holding")
+            )
+            raise LandscapeError(text) from None
 
     def n_samples(self, split: str) -> int:
         return sum(len(y) for _, y in self.data(split))

@@ -93,15 +93,43 @@ def _symbol(member: str, three_d: bool) -> str:
     return "circle"
 
 
+_LABEL_POSITIONS = (
+    "top center",
+    "bottom center",
+    "middle right",
+    "middle left",
+    "top right",
+    "bottom left",
+    "top left",
+    "bottom right",
+)
+
+
+def label_positions(points: Mapping[str, Sequence[float]]) -> dict[str, str]:
+    """Text positions for point labels: "top center", except that points closer than 8% of the
+    plot's extent to an earlier one take the next free position, so their labels do not overlap
+    (students fused onto their hybrid end at nearly one point)."""
+    names = list(points)
+    xy = np.asarray([points[n][:2] for n in names], float).reshape(len(names), -1)
+    span = float(np.ptp(xy, axis=0).max()) if len(names) > 1 else 1.0
+    near = 0.08 * (span if span > 0 else 1.0)
+    out: dict[str, str] = {}
+    for i, name in enumerate(names):
+        taken = {out[names[j]] for j in range(i) if np.linalg.norm(xy[i] - xy[j]) < near}
+        out[name] = next(p for p in (*_LABEL_POSITIONS, "top center") if p not in taken)
+    return out
+
+
 def _overlay_points(fig: go.Figure, record: Mapping[str, Any], z_of: Any = None) -> None:
     members = list(record.get("points", {}))
+    positions = label_positions(record.get("points", {}))
     for name, xy in record.get("points", {}).items():
         kwargs = dict(
             x=[xy[0]],
             y=[xy[1]],
             mode="markers+text",
             text=[name],
-            textposition="top center",
+            textposition=positions[name],
             name=name,
             marker={
                 "size": 11 if z_of is None else 6,

@@ -4,8 +4,9 @@ Per method and member kind, every measure over runs (mean, sd, n, Student-t 95% 
 geometric mean for positive measures). Paired contrasts of the reference method (OKDPH) against
 each other method on the seeds both have: ratio (positive measures) or difference, t interval,
 exact sign-flip permutation p, effect size, minimum detectable effect. The primary family
-(declared in study.json, default: lambda_max, trace and worst-case sharpness of the students,
-against every baseline) is Holm-adjusted; every other contrast is exploratory
+(declared in study.json ``primary: {measures, baselines}``, default: lambda_max, trace and
+worst-case sharpness of the students, against every other method that is not a variant of the
+reference) is Holm-adjusted; every other contrast is exploratory
 (Benjamini-Hochberg). Kendall's tau says whether flatness tracks generalisation over runs.
 """
 
@@ -80,15 +81,22 @@ def compare_runs(
     primary = study.get("primary", {})
     primary_measures = tuple(primary.get("measures", PRIMARY_MEASURES))
     declared = study.get("relevance", {})
+    # Baselines are the other methods; variants of the reference method (its ablations, e.g.
+    # okdph-mode_code) are contrasted too, but in the exploratory family unless declared.
+    base = reference.split("-")[0]
     contrasts = []
     for other in (m for m in methods if m != reference):
+        ablation = other.split("-")[0] == base
         for measure in CONTRAST_MEASURES:
             a = _by_seed(runs, means, reference, measure)
             b = _by_seed(runs, means, other, measure)
             c = stats.paired_contrast(a, b, log=MEASURES[measure][0])
             if c.n == 0:
                 continue
-            family = "primary" if measure in primary_measures else "exploratory"
+            primary_pair = other in primary.get("baselines", []) or (
+                "baselines" not in primary and not ablation
+            )
+            family = "primary" if measure in primary_measures and primary_pair else "exploratory"
             contrasts.append(
                 {
                     "a": reference,
@@ -137,14 +145,22 @@ def _by_seed(runs: Sequence[RunRecord], means: dict, method: str, measure: str) 
 def verdict(c: dict[str, Any]) -> str:
     """One sentence: the estimate, its interval and test, and what it allows one to say."""
     log, n = c["log"], c["n"]
+    rel = c["relevance"]
     if log:
         size = f"{c['estimate']:.3g}x {c['b']}'s [{c['ci_low']:.3g}, {c['ci_high']:.3g}]"
-        null, mde = 1.0, f"{c['mde']:.3g}x"
-        small = max(c["mde"], 1 / c["mde"]) <= c["relevance"] if math.isfinite(c["mde"]) else False
+        null, mde, band = 1.0, f"{c['mde']:.3g}x", (1 / rel, rel)
     else:
         size = f"{c['estimate']:+.3g} vs {c['b']} [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]"
-        null, mde = 0.0, f"{c['mde']:.3g}"
-        small = c["mde"] <= c["relevance"] if math.isfinite(c["mde"]) else False
+        null, mde, band = 0.0, f"{c['mde']:.3g}", (-rel, rel)
+    # "No difference" needs the whole interval inside the relevance band (equivalence), and
+    # enough power: the detectable effect below the threshold.
+    small = (
+        math.isfinite(c["ci_low"])
+        and band[0] <= c["ci_low"]
+        and c["ci_high"] <= band[1]
+        and math.isfinite(c["mde"])
+        and (max(c["mde"], 1 / c["mde"]) if log else c["mde"]) <= rel
+    )
     p = f"p={c['p']:.3g}" if math.isfinite(c["p"]) else "no test"
     adj = "Holm" if c["family"] == "primary" else "BH"
     p_adj = f", {adj} p={c['p_adj']:.3g}" if math.isfinite(c["p_adj"]) else ""
@@ -155,7 +171,14 @@ def verdict(c: dict[str, Any]) -> str:
         word = "higher" if c["estimate"] > null else "lower"
         return f"{text}: {word}."
     if small:
-        return f"{text}: no difference larger than {c['relevance']:g} (detectable: {mde})."
+        return f"{text}: no difference larger than {rel:g} (detectable: {mde})."
+    if excludes:
+        floor = 2 / 2**n if n <= 13 else 1 / 10000
+        return (
+            f"{text}: inconclusive at n={n}: the interval excludes no difference but the "
+            f"adjusted p does not reach 0.05 (the smallest two-sided sign-flip p at n={n} is "
+            f"{floor:.2g}; more seeds or a smaller primary family)."
+        )
     return f"{text}: inconclusive at n={n} (detectable at 80% power: {mde})."
 
 

@@ -1,6 +1,6 @@
 """Online-distillation methods behind a registry: ``build_method(name, ...)``, ``list_methods()``."""
 
-from okdph.methods import dml, independent, kdcl, okddip, okdph, wml  # noqa: F401  (registers)
+from okdph.methods import dml, independent, kdcl, okddip, okdph, sam, wml  # noqa: F401  (registers)
 from okdph.methods.base import (
     Method,
     StepContext,

@@ -97,6 +97,9 @@ class Method(nn.Module):
         """
         raise NotImplementedError
 
+    def before_step(self, ctx: StepContext) -> None:
+        """Called between the backward pass and the optimiser step (SAM restores its weights)."""
+
     def after_step(self, ctx: StepContext) -> None:
         """Called after every optimiser step."""
 

@@ -1,6 +1,9 @@
-"""KDCL (Guo et al. 2020), the "Naive" ensemble as shipped with OKDPH (``src/03_KDCL.py``).
+"""KDCL (Guo et al. 2020) with the mean-logit teacher of the OKDPH repository's ``src/03_KDCL.py``.
 
 The teacher is the detached mean of all students' logits; each student sees its own augmented view.
+This is the variant OKDPH's comparison ran; the KDCL paper's own teachers ("Naive": the logits of
+the student with the lowest cross-entropy, per sample; MinLogit; Linear; General) are different
+and not implemented here.
 """
 
 from __future__ import annotations

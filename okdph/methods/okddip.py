@@ -17,14 +17,15 @@ Choices, each a config switch:
 
 * ``branches`` (default true, the paper's main setting): members share the trunk of the
   architecture (for CIFAR ResNets: stem, layer1, layer2) and see one input view; with false they
-  are independent networks, each with its own view (the official ``--MulStu`` variant).
+  are independent networks fed the same batch, as the official ``--MulStu`` variant does
+  (``own_views=true`` gives each of them its own view instead).
 * Peer targets t_a are not detached, as in the official code: kd_a trains the other peers and
   Q/K too (this is how the attention is learned).
-* ``leader_target_grad`` (default false): the leader's target is detached, so the leader never
-  feeds back into the peers or the attention (the paper's second-level distillation, peers ->
-  leader only). The official code leaves it attached; set true to reproduce that. In the branch
-  layout the leader's losses still reach the shared trunk, which it shares with the peers by
-  construction.
+* ``leader_target_grad`` (default true, as the official code): the leader's target, the peer
+  mean, is left attached, so the leader's distillation loss also trains the peers. False detaches
+  it, the paper's reading of the second level (peers -> leader only: the leader never feeds back
+  into the peers or the attention). In the branch layout the leader's losses reach the shared
+  trunk either way, which it shares with the peers by construction.
 * ``rampup_epochs``: the official R = 80 of 300 epochs. Unset, R = 80/300 of the run's epochs, so
   a 30-epoch run ramps over 8 epochs; 0 disables the ramp.
 * ``num_students = 2`` gives one peer and a leader (the setting OKDPH's ``04_OKDDip.py`` ran),
@@ -110,7 +111,8 @@ class OKDDip(Method):
         rampup_epochs: float | None = None  # None: 80/300 of the run's epochs
         factor: int = 8  # Q and K project feature_dim -> feature_dim // factor
         eps: float = 1e-7
-        leader_target_grad: bool = False
+        leader_target_grad: bool = True
+        own_views: bool = False  # branches=false only: a view per network, not one for all
 
         def validate(self) -> None:
             if self.temperature <= 0:
@@ -153,10 +155,14 @@ class OKDDip(Method):
 
     @property
     def num_views(self) -> int:
-        return 1 if self.config.branches else self.num_students
+        return self.num_students if self._own_views else 1
+
+    @property
+    def _own_views(self) -> bool:
+        return not self.config.branches and self.config.own_views
 
     def view_names(self) -> list[str]:
-        return ["all members"] if self.config.branches else list(self.nets)
+        return list(self.nets) if self._own_views else ["all members"]
 
     def rampup(self, epochs: int) -> float:
         """The ramp length R in epochs for a run of ``epochs`` epochs."""
@@ -173,6 +179,8 @@ class OKDDip(Method):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.config
         nets = list(self.nets.values())
+        if not self._own_views:
+            views = [views[0]] * len(nets)  # one batch for all (branches share the trunk too)
         features, logits = member_outputs(nets, views, cfg.branches)
         peers = len(nets) - 1
         peer_logits = torch.stack(logits[:peers], 1)  # (batch, peers, classes)

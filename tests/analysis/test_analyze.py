@@ -343,3 +343,28 @@ def test_a_subset_rerun_keeps_stored_results_and_figures_match_the_report(tiny_r
     assert "epoch_0002/student_0/eigen" not in other.summary["records"]
     assert not list(figures.glob("spectrum_*.json"))
     assert list(figures.glob("interp_*.json"))
+
+
+def test_missing_cifar_data_speaks_landscape_flags(tiny_run, tmp_path, capsys):
+    from tests.analysis.test_runs import _reference_layout
+
+    ref = _reference_layout(tiny_run, tmp_path / "ref")
+    argv = [
+        "hessian",
+        str(ref),
+        "--arch",
+        "cnn_digits:width=4",
+        "--data",
+        "cifar10",
+        "--member",
+        "student_0",
+        "--no-progress",
+    ]
+    assert main([*argv, "--data-root", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pass --data-root DIR" in err and "data.download" not in err
+    assert len(err.splitlines()) == 1
+    (tmp_path / "empty").mkdir()
+    assert main([*argv, "--data-root", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pass --data-root DIR holding cifar10" in err

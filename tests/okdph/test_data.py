@@ -31,8 +31,9 @@ def test_mnist1d_is_generated_and_cached(tmp_path):
     assert torch.equal(again.train_x, ds.train_x)
 
 
-def _write_cifar(root, name, n_train=20, n_test=10, seed=0):
-    """Small files in CIFAR's own pickle format (what torchvision downloads)."""
+def _write_cifar(root, name, n_train=20, n_test=10, seed=0, bytes_keys=False):
+    """Small files in CIFAR's own pickle format (what torchvision downloads); ``bytes_keys``:
+    as written by Python 3 code that kept the original bytes keys (b"data", b"labels")."""
     rng = np.random.default_rng(seed)
     folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
     folder.mkdir(parents=True)
@@ -44,8 +45,11 @@ def _write_cifar(root, name, n_train=20, n_test=10, seed=0):
         n = n_test if "test" in fname else n_train
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         labels = rng.integers(0, classes, size=n).tolist()
+        entry = {"data": data, key: labels, "batch_label": fname}
+        if bytes_keys:
+            entry = {k.encode(): v for k, v in entry.items()}
         with open(folder / fname, "wb") as f:
-            pickle.dump({"data": data, key: labels, "batch_label": fname}, f)
+            pickle.dump(entry, f)
         written[fname] = (data, labels)
     return written
 
@@ -64,6 +68,19 @@ def test_cifar_loader_reads_files_in_cifar_format(tmp_path, name):
     assert ds.num_classes == (10 if name == "cifar10" else 100)
     unit = ds.to_unit(ds.train_x[:2])
     assert 0.0 <= unit.min() and unit.max() <= 1.0
+
+
+def test_cifar_pickles_with_bytes_keys_load_and_bad_entries_are_one_sentence(tmp_path):
+    written = _write_cifar(tmp_path, "cifar10", bytes_keys=True)
+    ds = load_dataset("cifar10", root=str(tmp_path))
+    assert ds.train_y[:20].tolist() == written["data_batch_1"][1]
+    folder = tmp_path / "other" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for fname in ("train", "test"):
+        with open(folder / fname, "wb") as f:
+            pickle.dump({b"pixels": np.zeros((2, 3072), np.uint8)}, f)
+    with pytest.raises(DataError, match="has no 'data' and 'labels'"):
+        load_dataset("cifar100", root=str(tmp_path / "other"))
 
 
 def test_cifar_errors_are_plain_sentences(tmp_path):

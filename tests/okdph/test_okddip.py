@@ -39,7 +39,7 @@ def _ctx(epoch=0, epochs=300):
 
 
 def test_attention_and_targets_match_a_hand_computation():
-    m = _method(num=4, temperature=2.0)
+    m = _method(num=4, temperature=2.0, own_views=True)  # a view per network
     xs, y = _batch()
     peers = m.peers
     with torch.no_grad():
@@ -111,7 +111,7 @@ def _grad_norms(loss, params):
 
 @pytest.mark.parametrize("branches", [False, True])
 def test_the_leader_never_feeds_back_into_the_peers(branches):
-    m = _method(num=4, factory=_digits_cnn, branches=branches, factor=2)
+    m = _method(num=4, factory=_digits_cnn, branches=branches, factor=2, leader_target_grad=False)
     xs, y = _batch(n=6, views=m.num_views, shape=(1, 8, 8))
     _, terms = m.compute_loss(xs, y, _ctx(epoch=100))
     leader = {id(p) for p in m.nets["leader"].parameters()}
@@ -122,8 +122,9 @@ def test_the_leader_never_feeds_back_into_the_peers(branches):
     assert any(
         g > 0 for g in _grad_norms(terms["leader/loss"], list(m.nets["leader"].parameters()))
     )
-    # The official code's attached leader target does feed back (so this test can fail).
-    m = _method(num=4, factory=_digits_cnn, branches=branches, factor=2, leader_target_grad=True)
+    # The official code's attached leader target (the default) does feed back.
+    m = _method(num=4, factory=_digits_cnn, branches=branches, factor=2)
+    assert m.config.leader_target_grad is True
     _, terms = m.compute_loss(xs, y, _ctx(epoch=100))
     leader = {id(p) for p in m.nets["leader"].parameters()}
     own = [p for peer in m.peers for p in peer.parameters() if id(p) not in leader]
@@ -151,7 +152,8 @@ def test_members_views_and_evaluation():
     with torch.no_grad():
         for name, forward in m.eval_forwards().items():
             assert torch.allclose(forward(x), m.nets[name](x)), name
-    assert _method(num=3, branches=False).num_views == 3
+    assert _method(num=3, branches=False).num_views == 1  # one batch for all, as --MulStu
+    assert _method(num=3, branches=False, own_views=True).num_views == 3
 
 
 @pytest.mark.parametrize(

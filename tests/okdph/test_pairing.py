@@ -79,19 +79,23 @@ def test_every_small_preset_trains_every_method_for_two_batches(tmp_path, preset
 
 @pytest.mark.parametrize("preset", CIFAR)
 def test_every_cifar_preset_configures_every_method(preset):
+    """Config and method for every CIFAR preset; models are built for the ResNet-32 presets only
+    (the large architectures are built by their own tests)."""
     from okdph import models
     from okdph.methods import build_method
 
     for method in list_methods():
         cfg = apply_overrides(preset_config(preset), [f"method={method}"])
         cfg.validate()
+        if cfg.model != "resnet32":
+            continue
         kwargs = {"num_classes": 10, **cfg.model_args}
 
         def make(arch=cfg.model, kwargs=kwargs, **overrides):
             return models.create(arch, **{**kwargs, **overrides})
 
-        built = build_method(method, cfg.method_args, make, 2, cfg.init)
-        assert view_pipelines(list(cfg.augment), built.num_views)
+        built = build_method(method, cfg.method_args, make, cfg.num_students, cfg.init)
+        assert len(view_pipelines(list(cfg.augment), built.num_views)) == built.num_views
 
 
 def test_wml_reports_its_weighted_ensemble_and_the_plain_mean_beside_it():
