@@ -74,15 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of {', '.join(ANALYSES)} (default: all but layers)",
     )
     a.add_argument("--k", type=int, default=5, help="eigenvalues at each end (default %(default)s)")
-    a.add_argument("--tol", type=float, default=1e-3, help="eigenvalue relative tolerance")
     a.add_argument(
-        "--trace-rtol", type=float, default=0.05, help="trace relative standard error target"
+        "--tol",
+        type=float,
+        default=1e-3,
+        help="eigenvalue relative tolerance (default %(default)s)",
+    )
+    a.add_argument(
+        "--trace-rtol",
+        type=float,
+        default=0.05,
+        help="trace relative standard error target (default %(default)s)",
     )
     a.add_argument(
         "--certify-top",
         type=float,
         default=0.01,
-        help="failure probability of the search for missed eigenvalues (0: no search)",
+        help="failure probability of the search for missed eigenvalues (0: no search; "
+        "default %(default)s)",
     )
     a.add_argument(
         "--per-layer",
