@@ -264,18 +264,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def _analyze_study(args: argparse.Namespace) -> int:
     """Analyse every run of a study with the same settings (finished pieces are skipped)."""
+    from landscape.core.errors import LandscapeError
     from landscape.study.collect import study_runs
 
     if args.out is not None:
-        raise_error = "--out does not apply to a study: each run is analysed into RUN/analysis"
-        from landscape.core.errors import LandscapeError
-
-        raise LandscapeError(raise_error)
+        raise LandscapeError(
+            "--out does not apply to a study: each run is analysed into RUN/analysis"
+        )
     _, runs = study_runs(args.run_dir)
     missing = [p.name for p, _ in runs if not (p / "run.json").exists()]
     if missing:
-        from landscape.core.errors import LandscapeError
-
         raise LandscapeError(
             f"{len(missing)} run(s) of the study are not trained yet ({missing[0]} ...); "
             "finish them with `okdph sweep` first"

@@ -40,6 +40,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return ConfigError, DataError, RunDirError, AugmentError, UnknownModelError
 
 
+def _add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="okdph",
@@ -56,13 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--preset", default="demo", help="named configuration (see `okdph presets`)")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config fields: epochs=5, method=dml, method.omega=0.5, "
+    _add_overrides(
+        train,
+        "override config fields: epochs=5, method=dml, method.omega=0.5, "
         "optim.lr=0.05, model.width=32, data.root=DIR",
     )
     train.add_argument("--out", type=Path, help="run directory (default: runs/<preset>-<time>)")
@@ -93,14 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated methods; method options make ablations: okdph:mode=code",
     )
     sw.add_argument("--seeds", default="0,1,2", help="seeds: 0,1,2 or 0-7 (default %(default)s)")
-    sw.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="overrides for every run (as for train)",
-    )
+    _add_overrides(sw, "overrides for every run (as for train)")
     sw.add_argument(
         "--vary",
         nargs="+",

@@ -35,13 +35,15 @@ def kw_epsilon(n: int, steps: int, delta: float) -> float:
     return min(1.0, (math.log(1.648 * math.sqrt(n) / delta) / (2 * steps - 1)) ** 2)
 
 
-def deflated(matvec: MatVec, locked: Tensor) -> MatVec:
-    """``v -> P H P v`` with ``P = I - Q Q^T``, ``Q`` an orthonormal basis of ``locked``'s rows."""
+def complement_projector(locked: Tensor) -> Callable[[Tensor], Tensor]:
+    """``v -> P v`` with ``P = I - Q Q^T``, ``Q`` an orthonormal basis of ``locked``'s rows."""
     q = torch.linalg.qr(locked.T).Q.T  # (k, n), orthonormal rows
+    return lambda v: v - (q @ v) @ q
 
-    def project(v: Tensor) -> Tensor:
-        return v - (q @ v) @ q
 
+def deflated(matvec: MatVec, locked: Tensor) -> MatVec:
+    """``v -> P H P v`` (:func:`complement_projector`)."""
+    project = complement_projector(locked)
     return lambda v: project(matvec(project(v)))
 
 
@@ -78,8 +80,7 @@ def search_complement(
 ) -> ComplementSearch:
     """Plain Lanczos (no restart) for ``steps`` steps on ``P H P`` from ``P start``."""
     op = deflated(matvec, locked)
-    q = torch.linalg.qr(locked.T).Q.T
-    v0 = start - (q @ start) @ q
+    v0 = complement_projector(locked)(start)
     n = start.numel() - locked.shape[0]
     steps = max(1, min(steps, n))
     pairs = extreme_eigenpairs(
@@ -168,7 +169,7 @@ def certified_solve(
         extra = search.n_matvec
         if not beyond(search, kept, which):
             break
-        found = solve(deflated(matvec, locked), _orthogonal(draw(), locked))
+        found = solve(deflated(matvec, locked), complement_projector(locked)(draw()))
         merged, n_new = merge_pairs(kept, found, k, which)
         added += n_new
         locked = torch.cat([locked, found.vectors])
@@ -176,11 +177,6 @@ def certified_solve(
     else:
         search = search_complement(matvec, locked, draw(), steps=steps, delta=delta)
     return _with_matvec(kept, kept.n_matvec + search.n_matvec), search, added
-
-
-def _orthogonal(v: Tensor, locked: Tensor) -> Tensor:
-    q = torch.linalg.qr(locked.T).Q.T
-    return v - (q @ v) @ q
 
 
 def _with_matvec(pairs: RitzPairs, n_matvec: int) -> RitzPairs:
