@@ -206,6 +206,22 @@ for _name, _base, _data_desc in (
         "augment=shift,shift+scale",
     )
 
+    register_preset(
+        f"{_name}-swa",
+        f"SWA (averaged copies from 80% of the run, SWA schedule), students trained apart, "
+        f"{_data_desc}",
+        *_base,
+        "method=swa",
+        "augment=shift,shift+scale",
+    )
+    register_preset(
+        f"{_name}-ema",
+        f"EMA mean teachers (decay 0.99, consistency 10), one per student, {_data_desc}",
+        *_base,
+        "method=ema",
+        "augment=shift,shift+scale",
+    )
+
 # SAM as the OKDPH repository's src/13_SAM.py: adaptive, label smoothing 0.1, one view per network
 # (hflip; hflip+rot on CIFAR-100), rho 0.1 on CIFAR-10 and 0.05 on CIFAR-100.
 _SAM_CIFAR = {
@@ -223,6 +239,22 @@ for _data in ("cifar10", "cifar100"):
             "method=sam",
             *_SAM_CIFAR[_data],
         )
+        # SWA and EMA as src/12_SWA.py and src/11_EMA.py (baseline.sh), the reference's one
+        # augmentation per network. Each student with its average is one reference run; two
+        # students per run, as every other preset, so that every method fits every preset.
+        for _control, _what in (
+            ("swa", "SWA (src/12_SWA.py: averaged from epoch 241, SWA learning-rate schedule)"),
+            ("ema", "EMA mean teacher (src/11_EMA.py: decay 0.99, MSE consistency 10)"),
+        ):
+            register_preset(
+                f"{_data}-{_arch}-{_control}",
+                f"{_what} on {_data.upper()} with {_arch}, 300 epochs",
+                f"data={_data}",
+                f"model={_arch}",
+                *_CIFAR,
+                f"method={_control}",
+                _SAM_CIFAR[_data][1],
+            )
         # The official branch VGG (vgg_GL.py) keeps torchvision's dropout 0.5 in its classifier.
         _extra = ("model.dropout=0.5",) if _arch == "vgg16" else ()
         register_preset(

@@ -137,7 +137,7 @@ def describe_run(s: Session, command: list[str] | None = None) -> dict[str, Any]
     members = {
         name: {
             "arch": s.method.member_arch(name, s.arch),
-            "role": "hybrid" if name == "hybrid" else "network",
+            "role": s.method.member_role(name),
         }
         for name in s.method.checkpoint_states()
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,20 +53,25 @@ class EpochStreams:
     method: np.random.Generator
 
 
+def torch_stream(seed: int, epoch: int, device: torch.device, *key: int) -> torch.Generator:
+    """A torch generator seeded from ``(seed, epoch, *key)`` alone."""
+    state = np.random.SeedSequence([seed, epoch, *key]).generate_state(1, dtype=np.uint64)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(state[0] >> 1))
+    return gen
+
+
 def epoch_rngs(seed: int, epoch: int, device: torch.device, num_views: int) -> EpochStreams:
     """The independent random streams of one epoch (:class:`EpochStreams`)."""
 
-    def torch_stream(*key: int) -> torch.Generator:
-        state = np.random.SeedSequence([seed, epoch, *key]).generate_state(1, dtype=np.uint64)
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int(state[0] >> 1))
-        return gen
+    def stream(*key: int) -> torch.Generator:
+        return torch_stream(seed, epoch, device, *key)
 
     global_seed = np.random.SeedSequence([seed, epoch, 3]).generate_state(1, dtype=np.uint64)
     torch.manual_seed(int(global_seed[0] >> 1))  # for any layer drawing from the global generator
     return EpochStreams(
-        order=torch_stream(0),
-        views=[torch_stream(1, i) for i in range(num_views)],
+        order=stream(0),
+        views=[stream(1, i) for i in range(num_views)],
         method=np.random.default_rng(np.random.SeedSequence([seed, epoch, 2])),
     )
 
@@ -155,6 +161,20 @@ class Trainer:
                 self._check_finite(loss, terms, b)
         return {f"train/{k}": (v / seen).item() for k, v in sums.items()}
 
+    def training_batches(self, view: int) -> Iterator[Tensor]:
+        """The whole training split once, in order, through view ``view``'s augmentation, drawn
+        from a stream of its own (key 4): what a method's statistics pass sees (SWA's BatchNorm)."""
+        s = self.s
+        cfg, data = s.cfg, s.data
+        gen = torch_stream(cfg.seed, self.epoch, s.device, 4, view)
+        n = len(data.train_y)
+        num_batches = math.ceil(n / cfg.batch_size)
+        if self.max_batches:
+            num_batches = min(num_batches, self.max_batches)
+        for b in range(num_batches):
+            x = data.to_unit(data.train_x[b * cfg.batch_size : (b + 1) * cfg.batch_size])
+            yield to_memory_format(data.normalize(s.pipelines[view](x, gen)), cfg.channels_last)
+
     def _check_finite(self, loss: Tensor, terms: dict[str, Tensor], batch: int) -> None:
         if bool(torch.isfinite(loss).all()):
             return
@@ -192,8 +212,13 @@ class Trainer:
         try:
             for _ in epochs:
                 start = time.perf_counter()
+                own_lr = s.method.learning_rate(self.epoch, cfg.epochs, cfg.optim.lr)
+                if own_lr is not None:
+                    for group in s.optimizer.param_groups:
+                        group["lr"] = own_lr
                 lr = s.optimizer.param_groups[0]["lr"]
                 train_metrics = self.train_epoch()
+                s.method.after_epoch(self.epoch + 1, self.training_batches)
                 s.scheduler.step()
                 self.epoch += 1
                 metrics = self.evaluate()
@@ -274,4 +299,12 @@ def resume(
     return run, trainer.fit()
 
 
-__all__ = ["EpochStreams", "Trainer", "TrainingDiverged", "epoch_rngs", "resume", "train"]
+__all__ = [
+    "EpochStreams",
+    "Trainer",
+    "TrainingDiverged",
+    "epoch_rngs",
+    "resume",
+    "torch_stream",
+    "train",
+]

@@ -49,7 +49,7 @@ class RunRecord:
     method: str
     seed: int
     epoch: int
-    kinds: dict[str, str]  # member -> "students", "pruned", "hybrid" or "ensemble"
+    kinds: dict[str, str]  # member -> "students", "pruned", "hybrid", "average" or "ensemble"
     values: dict[str, dict[str, float]]
     settings: dict[str, Any]
     definitions: dict[str, str]
@@ -92,8 +92,8 @@ def load_run(path: Path, label: str | None = None) -> RunRecord:
         member = row["member"]
         if row.get("role") == "ensemble":
             kinds[member] = "ensemble"
-        elif row.get("role") == "hybrid":
-            kinds[member] = "hybrid"
+        elif row.get("role") in ("hybrid", "average"):
+            kinds[member] = row["role"]
         else:
             arch = info.get("members", {}).get(member, {}).get("arch")
             kinds[member] = "students" if arch in (None, base_arch) else "pruned"
@@ -102,9 +102,10 @@ def load_run(path: Path, label: str | None = None) -> RunRecord:
         if not key.startswith(f"epoch_{epoch:04d}/"):
             continue
         a, b = key.rsplit("/", 1)[1].split("--")
-        measure = (
-            "barrier_hybrid" if "hybrid" in (kinds.get(a), kinds.get(b)) else ("barrier_students")
-        )
+        pair_kinds = (kinds.get(a), kinds.get(b))
+        if "average" in pair_kinds:  # a student and its own average: neither barrier
+            continue
+        measure = "barrier_hybrid" if "hybrid" in pair_kinds else "barrier_students"
         for member in (a, b):
             if kinds.get(member) in ("students", "pruned"):
                 values.setdefault(member, {}).setdefault(f"_{measure}", []).append(  # type: ignore[arg-type]

@@ -3,7 +3,9 @@
 Per method and member kind, every measure over runs (mean, sd, n, Student-t 95% interval; the
 geometric mean for positive measures). Paired contrasts of the reference method (OKDPH) against
 each other method on the seeds both have: ratio (positive measures) or difference, t interval,
-exact sign-flip permutation p, effect size, minimum detectable effect. The primary family
+exact sign-flip permutation p, effect size, minimum detectable effect; against a method with
+averaged members (SWA, EMA: kind ``average``) also its averages, as exploratory contrasts labelled
+``<method> (average)``. The primary family
 (declared in study.json ``primary: {measures, baselines}``, default: lambda_max, trace and
 worst-case sharpness of the students, against every other method that is not a variant of the
 reference) is Holm-adjusted; every other contrast is exploratory
@@ -23,7 +25,7 @@ from landscape.core.errors import LandscapeError
 from landscape.study import stats
 from landscape.study.collect import MEASURES, RunRecord, check_comparable, run_means
 
-KINDS = ("students", "pruned", "hybrid", "ensemble")
+KINDS = ("students", "pruned", "hybrid", "average", "ensemble")
 PRIMARY_MEASURES = ("lambda_max", "trace", "sharpness_worst")
 CONTRAST_MEASURES = (
     "test_acc",
@@ -87,26 +89,32 @@ def compare_runs(
     contrasts = []
     for other in (m for m in methods if m != reference):
         ablation = other.split("-")[0] == base
-        for measure in CONTRAST_MEASURES:
-            a = _by_seed(runs, means, reference, measure)
-            b = _by_seed(runs, means, other, measure)
-            c = stats.paired_contrast(a, b, log=MEASURES[measure][0])
-            if c.n == 0:
-                continue
-            primary_pair = other in primary.get("baselines", []) or (
-                "baselines" not in primary and not ablation
-            )
-            family = "primary" if measure in primary_measures and primary_pair else "exploratory"
-            contrasts.append(
-                {
-                    "a": reference,
-                    "b": other,
-                    "measure": measure,
-                    "kind": "students",
-                    "family": family,
-                    **asdict(c),
-                }
-            )
+        # The reference's students against the other's students and, for a flat-minima control
+        # whose product is an averaged member (SWA, EMA), against that member (exploratory).
+        for kind in ("students", "average"):
+            for measure in CONTRAST_MEASURES:
+                a = _by_seed(runs, means, reference, measure)
+                b = _by_seed(runs, means, other, measure, kind)
+                c = stats.paired_contrast(a, b, log=MEASURES[measure][0])
+                if c.n == 0:
+                    continue
+                primary_pair = kind == "students" and (
+                    other in primary.get("baselines", [])
+                    or ("baselines" not in primary and not ablation)
+                )
+                family = (
+                    "primary" if measure in primary_measures and primary_pair else "exploratory"
+                )
+                contrasts.append(
+                    {
+                        "a": reference,
+                        "b": other if kind == "students" else f"{other} ({kind})",
+                        "measure": measure,
+                        "kind": kind,
+                        "family": family,
+                        **asdict(c),
+                    }
+                )
     for family, adjust in (("primary", stats.holm), ("exploratory", stats.benjamini_hochberg)):
         members = [c for c in contrasts if c["family"] == family and math.isfinite(c["p"])]
         for c, p in zip(members, adjust([c["p"] for c in members]), strict=True):
@@ -134,11 +142,13 @@ def compare_runs(
     }
 
 
-def _by_seed(runs: Sequence[RunRecord], means: dict, method: str, measure: str) -> dict[int, float]:
+def _by_seed(
+    runs: Sequence[RunRecord], means: dict, method: str, measure: str, kind: str = "students"
+) -> dict[int, float]:
     return {
-        r.seed: means[(r.method, r.seed, "students")][measure]
+        r.seed: means[(r.method, r.seed, kind)][measure]
         for r in runs
-        if r.method == method and measure in means[(r.method, r.seed, "students")]
+        if r.method == method and measure in means[(r.method, r.seed, kind)]
     }
 
 

@@ -1,6 +1,16 @@
 """Online-distillation methods behind a registry: ``build_method(name, ...)``, ``list_methods()``."""
 
-from okdph.methods import dml, independent, kdcl, okddip, okdph, sam, wml  # noqa: F401  (registers)
+from okdph.methods import (  # noqa: F401  (registers)
+    dml,
+    ema,
+    independent,
+    kdcl,
+    okddip,
+    okdph,
+    sam,
+    swa,
+    wml,
+)
 from okdph.methods.base import (
     Method,
     StepContext,

@@ -9,7 +9,7 @@ between steps (OKDPH's fusion).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -106,6 +106,17 @@ class Method(nn.Module):
     def start_epoch(self, epoch: int, rng: np.random.Generator) -> None:
         """Called before the first batch of ``epoch`` (also right after a resume)."""
 
+    def learning_rate(self, epoch: int, epochs: int, base_lr: float) -> float | None:
+        """The learning rate of every parameter group for ``epoch`` (0-based), set before its
+        first batch, for a method that owns its schedule (SWA); ``None`` keeps the run's."""
+        return None
+
+    def after_epoch(self, epochs_done: int, batches: Callable[[int], Iterator[Tensor]]) -> None:
+        """Called after an epoch's last step, before its test evaluation. ``batches(view)``
+        iterates over the whole training split once in batches of view ``view``'s augmentation
+        (normalised inputs, from a stream of its own: the training randomness is untouched), for
+        a method that recomputes statistics (SWA's BatchNorm)."""
+
     def end_epoch(self, epochs_done: int) -> None:
         """Called after an epoch's test evaluation, before its checkpoint is written."""
 
@@ -113,6 +124,11 @@ class Method(nn.Module):
         """Member name -> function from inputs to logits, for evaluation (the caller sets eval
         mode and no_grad); derived members such as OKDPH's hybrid are built once here."""
         return dict(self.nets.items())
+
+    def member_role(self, name: str) -> str:
+        """``network`` (trained), ``hybrid`` (OKDPH's HWM) or ``average`` (weights averaged over
+        training: SWA, EMA), recorded in run.json for the analyses."""
+        return "hybrid" if name == "hybrid" else "network"
 
     def ensemble_members(self) -> list[str]:
         """Members whose mean logits form the reported ``ensemble``."""

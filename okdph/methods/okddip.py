@@ -28,6 +28,15 @@ Choices, each a config switch:
   trunk either way, which it shares with the peers by construction.
 * ``rampup_epochs``: the official R = 80 of 300 epochs. Unset, R = 80/300 of the run's epochs, so
   a 30-epoch run ramps over 8 epochs; 0 disables the ramp.
+* Query/key initialisation follows the official models. Its branch VGG
+  (``models/model_cifar/vgg_GL.py``) builds ``query_weight``/``key_weight`` inside the model and
+  its init loop draws every ``nn.Linear`` weight, Q and K included, from N(0, 0.01^2) (no bias:
+  the projections have none); so with ``branches=true`` on a VGG (``CifarVGG``) Q and K are drawn
+  from N(0, 0.01^2). Its branch ResNets (``resnet_GL.py``) and DenseNets (``densenet_GL.py``) only
+  re-initialise convolutions and BatchNorm (DenseNet: Linear biases), and its ``--MulStu`` wrapper
+  (``models/model_cifar/MultiNet.py``, every architecture, VGG included) creates Q and K after the
+  students without an init loop: there, and so here for every other case, Q and K keep PyTorch's
+  default ``nn.Linear`` init, U(-1/sqrt(d), 1/sqrt(d)).
 * ``num_students = 2`` gives one peer and a leader (the setting OKDPH's ``04_OKDDip.py`` ran),
   where the attention is a 1x1 softmax and the method is two-network mutual distillation.
 
@@ -54,8 +63,18 @@ from okdph.models.branches import (
     supports_branches,
     tie_trunks,
 )
+from okdph.models.cifar_vgg import CifarVGG
 
 REFERENCE_RAMPUP = 80 / 300  # the official 80-epoch ramp of a 300-epoch run
+VGG_QK_STD = 0.01  # official vgg_GL.py: nn.init.normal_(weight, 0, 0.01) on every nn.Linear
+
+
+def official_qk_std(model: nn.Module, branches: bool) -> float | None:
+    """Standard deviation of the official normal init of Q and K for members like ``model`` in
+    this layout, or ``None`` where the official code keeps PyTorch's default ``nn.Linear`` init:
+    N(0, 0.01^2) for the branch VGG (``models/model_cifar/vgg_GL.py``), default otherwise
+    (``resnet_GL.py``, ``densenet_GL.py`` and the ``--MulStu`` ``MultiNet.py``)."""
+    return VGG_QK_STD if branches and isinstance(model, CifarVGG) else None
 
 
 def attention_weights(queries: Tensor, keys: Tensor) -> Tensor:
@@ -132,6 +151,10 @@ class OKDDip(Method):
         # Names as in the official models, so their attention weights load unchanged.
         self.query_weight = nn.Linear(dim, max(1, dim // config.factor), bias=False)
         self.key_weight = nn.Linear(dim, max(1, dim // config.factor), bias=False)
+        std = official_qk_std(self.peers[0], config.branches)
+        if std is not None:
+            for projection in (self.query_weight, self.key_weight):
+                nn.init.normal_(projection.weight, 0.0, std)
 
     def build_members(self, make_model, num_students, init) -> dict[str, nn.Module]:
         if num_students < 2:

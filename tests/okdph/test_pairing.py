@@ -11,7 +11,7 @@ from okdph.presets import list_presets, preset_config
 from okdph.run import load_checkpoint
 from okdph.session import build_session, view_pipelines
 
-PAIRED = ["independent", "dml", "kdcl", "okdph"]
+PAIRED = ["independent", "dml", "kdcl", "okdph", "sam", "swa", "ema"]
 FAST = ["epochs=1", "data.train_subset=256", "batch_size=64"]
 _BUILD = trainer.build_session
 

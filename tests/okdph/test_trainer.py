@@ -68,7 +68,9 @@ def test_run_directory_layout(tmp_path):
         net.load_state_dict(models[member])
 
 
-@pytest.mark.parametrize("preset", ["demo", "digits-okddip", "digits-wml"])
+@pytest.mark.parametrize(
+    "preset", ["demo", "digits-okddip", "digits-wml", "digits-swa", "digits-ema"]
+)
 def test_resume_gives_identical_weights(tmp_path, preset):
     cfg = _cfg(preset)
     trainer.train(cfg, tmp_path / "straight", progress=False)
