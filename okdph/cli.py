@@ -25,6 +25,7 @@ SWEEP_EXAMPLES = """examples:
   okdph sweep --preset mnist1d --methods okdph,okdph:mode=code,okdph:fusion_every=none,dml \\
       --seeds 0-7 --vary init=shared,independent --out runs/ablation
   okdph sweep ... --print-commands > jobs.txt     # one `okdph train` line per run
+  okdph sweep ... --launcher slurm --slurm partition=gpu,gpus_per_node=1,timeout_min=600
 Rerunning a sweep skips finished runs and resumes interrupted ones; then
   landscape analyze runs/study && landscape compare runs/study
 """
@@ -118,6 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs trained at once (one per CUDA device when there are several)",
     )
     sw.add_argument(
+        "--launcher",
+        default="processes",
+        choices=["processes", "slurm", "local"],
+        help="processes: here, --workers at once (default); slurm: one SLURM job per run "
+        "through submitit, preempted jobs requeued and resumed; local: the same jobs as local "
+        "processes (submitit's local executor)",
+    )
+    sw.add_argument(
+        "--slurm",
+        default="",
+        metavar="KEY=V,...",
+        help="submitit parameters: partition=gpu,gpus_per_node=1,timeout_min=600,"
+        "tasks_per_node=1,... (other keys go to SLURM as slurm_<key>)",
+    )
+    sw.add_argument(
         "--print-commands",
         action="store_true",
         help="print one `okdph train` line per unfinished run (for a scheduler) and exit",
@@ -139,9 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     from okdph import trainer
     from okdph.config import ConfigError, apply_overrides
+    from okdph.distributed import init_from_env
     from okdph.presets import preset_config
 
-    progress = not args.no_progress
+    world = init_from_env()  # under torchrun: every rank trains its shard of each batch
+    progress = not args.no_progress and world.is_main
     max_batches = 2 if args.dry_run else 0
     if args.resume is not None:
         if args.overrides or args.out:
@@ -161,6 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
         out = args.out or Path("runs") / f"{args.preset}-{datetime.now():%Y%m%d-%H%M%S}"
+        out = Path(str(world.broadcast_object(str(out))))  # rank 0's clock names the run
         run, metrics = trainer.train(
             cfg,
             out,
@@ -169,6 +188,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             max_batches=max_batches,
             command=["okdph", *sys.argv[1:]],
         )
+    if not world.is_main:
+        return 0
     accs = {k.split("/")[0]: v for k, v in metrics.items() if k.endswith("/test_acc")}
     if accs:
         print("test accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in accs.items()))
@@ -190,7 +211,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.print_commands:
         print("\n".join(print_commands(study, args.out)))
         return 0
-    outcomes = sweep(study, args.out, workers=args.workers, progress=not args.no_progress)
+    from okdph.launch import parse_slurm
+
+    outcomes = sweep(
+        study,
+        args.out,
+        workers=args.workers,
+        launcher=args.launcher,
+        slurm=parse_slurm(args.slurm),
+        progress=not args.no_progress,
+    )
     failed = [name for name, o in outcomes.items() if not o.startswith(("trained", "skipped"))]
     print(f"study: {args.out} ({len(outcomes) - len(failed)} of {len(outcomes)} runs finished)")
     for name in failed:

@@ -51,6 +51,64 @@ class OptimConfig:
 
 
 @dataclass
+class TrackConfig:
+    """Curvature tracking during training (off by default): every ``every`` epochs, or ``points``
+    evenly spaced points over the run, or every ``steps`` optimiser steps (one of the three), the
+    top Hessian eigenvalue of every member on a fixed, seeded training subset of ``samples``
+    un-augmented samples, in batches of the training batch size; ``trace`` adds the Hutch++
+    trace. ``bn="train"`` differentiates the training objective's cross-entropy (BatchNorm with
+    batch statistics, dropout off), ``"eval"`` the eval-mode loss. Lanczos runs to relative
+    accuracy ``tol`` within ``max_iter`` products, warm-started from the member's previous
+    eigenvector plus ``mix`` times a random unit vector."""
+
+    every: int = 0
+    points: int = 0
+    steps: int = 0
+    samples: int = 512
+    trace: bool = False
+    trace_rtol: float = 0.05
+    bn: str = "train"
+    tol: float = 0.01
+    max_iter: int = 60
+    mix: float = 0.5
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.every or self.points or self.steps)
+
+    def epoch_interval(self, epochs: int) -> int:
+        """Epochs between points (0: points are counted in steps, or tracking is off)."""
+        if self.points:
+            return max(1, epochs // self.points)
+        return self.every
+
+    def validate(self) -> None:
+        _check(
+            sum(bool(v) for v in (self.every, self.points, self.steps)) <= 1,
+            "set one of track.every, track.points and track.steps",
+        )
+        _check(
+            min(self.every, self.points, self.steps) >= 0, "track intervals must be non-negative"
+        )
+        _check(self.samples >= 1, f"track.samples must be at least 1, not {self.samples}")
+        _check(self.bn in ("train", "eval"), f"track.bn must be train or eval, not {self.bn!r}")
+        _check(0 < self.tol < 1, f"track.tol must be in (0, 1), not {self.tol}")
+        _check(self.max_iter >= 2, f"track.max_iter must be at least 2, not {self.max_iter}")
+        _check(self.mix >= 0, f"track.mix must be non-negative, not {self.mix}")
+        _check(
+            0 < self.trace_rtol < 1, f"track.trace_rtol must be in (0, 1), not {self.trace_rtol}"
+        )
+
+
+@dataclass
+class LogConfig:
+    """Where metrics go besides metrics.jsonl: ``tensorboard=true`` also writes TensorBoard
+    event files under ``RUN/tensorboard`` (needs the ``tensorboard`` package)."""
+
+    tensorboard: bool = False
+
+
+@dataclass
 class TrainConfig:
     """Everything that defines a training run; resolved and saved in ``run.json``."""
 
@@ -70,6 +128,8 @@ class TrainConfig:
     batch_size: int = 128
     eval_batch_size: int = 1024
     optim: OptimConfig = field(default_factory=OptimConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     seed: int = 0
     save_every: int = 1
     # Checkpoint retention: keep the last and every keep_every-th epoch's checkpoint (1: all).
@@ -81,6 +141,9 @@ class TrainConfig:
     # for networks and image batches, and bfloat16 autocast for forward passes and losses.
     channels_last: bool = False
     amp: bool = False
+    # Under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)
+    # instead of each rank's shard.
+    sync_batchnorm: bool = False
 
     def validate(self) -> None:
         """Raise ConfigError (one sentence) for a value outside its range; the registries check
@@ -101,6 +164,7 @@ class TrainConfig:
         )
         _check(len(self.augment) >= 1, "augment needs at least one pipeline")
         self.optim.validate()
+        self.track.validate()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (tuples become lists)."""
@@ -111,15 +175,17 @@ class TrainConfig:
         """Inverse of ``to_dict``; unknown keys raise ConfigError."""
         cfg = cls()
         for key, value in values.items():
-            if key == "optim":
+            if key in _SECTIONS:
                 for k, v in value.items():
-                    _set_field(cfg.optim, k, v, prefix="optim.")
+                    _set_field(getattr(cfg, key), k, v, prefix=f"{key}.")
             else:
                 _set_field(cfg, key, value)
         return cfg
 
 
 _DICT_FIELDS = {"method": "method_args", "model": "model_args", "data": "data_args"}
+# Dataclass sections set with ``section.KEY=VALUE``.
+_SECTIONS = ("optim", "track", "log")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -197,7 +263,8 @@ def parse_value(text: str) -> Any:
 def apply_overrides(cfg: TrainConfig, items: list[str]) -> TrainConfig:
     """Apply ``key=value`` strings to a copy of ``cfg``.
 
-    Keys are top-level fields (``epochs=5``), ``optim.lr=0.05``, or ``method.X``, ``model.X``,
+    Keys are top-level fields (``epochs=5``), ``optim.lr=0.05``, ``track.every=5``,
+    ``log.tensorboard=true``, or ``method.X``, ``model.X``,
     ``data.X`` for the method's, model's and dataset's own arguments (checked when the run is built).
     """
     cfg = dataclasses.replace(
@@ -205,7 +272,7 @@ def apply_overrides(cfg: TrainConfig, items: list[str]) -> TrainConfig:
         method_args=dict(cfg.method_args),
         model_args=dict(cfg.model_args),
         data_args=dict(cfg.data_args),
-        optim=dataclasses.replace(cfg.optim),
+        **{name: dataclasses.replace(getattr(cfg, name)) for name in _SECTIONS},
     )
     for item in items:
         key, sep, raw = item.partition("=")
@@ -216,11 +283,12 @@ def apply_overrides(cfg: TrainConfig, items: list[str]) -> TrainConfig:
         head, dot, rest = key.partition(".")
         if dot and head in _DICT_FIELDS:
             getattr(cfg, _DICT_FIELDS[head])[rest] = value
-        elif dot and head == "optim":
-            _set_field(cfg.optim, rest, value, prefix="optim.")
+        elif dot and head in _SECTIONS:
+            _set_field(getattr(cfg, head), rest, value, prefix=f"{head}.")
         elif dot:
             raise ConfigError(
-                f"unknown config key {key!r}; dotted keys start with method., model., data. or optim."
+                f"unknown config key {key!r}; dotted keys start with method., model., data., "
+                "optim., track. or log."
             )
         else:
             # Strings stay verbatim (a model named "1e3" is still a name), other types are parsed.

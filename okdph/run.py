@@ -193,6 +193,26 @@ class RunDir:
         return ckpts[-1] if ckpts else None
 
 
+class ReadOnlyRunDir(RunDir):
+    """A run directory seen by a rank other than 0 of a distributed run: it reads what rank 0
+    writes and writes nothing itself."""
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        pass
+
+    def update_info(self, **changes: Any) -> None:
+        pass
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        pass
+
+    def truncate_metrics(self, last_epoch: int) -> None:
+        pass
+
+    def save_checkpoint(self, epoch: int, payload: dict[str, Any], sidecar: dict[str, Any]) -> Path:
+        return self.checkpoint_path(epoch)
+
+
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from okdph import models
 from okdph.augment import Pipeline, build_pipeline
 from okdph.config import ConfigError, TrainConfig
 from okdph.data import TensorDataset, load_dataset
+from okdph.distributed import current_world
 from okdph.methods import Method, build_method
 
 
@@ -91,6 +92,12 @@ def build_session(cfg: TrainConfig) -> Session:
         cfg.num_students,
         cfg.init,
     ).to(device)
+    world = current_world()
+    if cfg.sync_batchnorm and world.size > 1:
+        if device.type != "cuda":
+            raise ConfigError("sync_batchnorm=true needs CUDA (torch's SyncBatchNorm is GPU-only)")
+        for name in list(method.nets):
+            method.nets[name] = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.nets[name])
     if cfg.channels_last:
         method.to(memory_format=torch.channels_last)
     specs = view_pipelines(list(cfg.augment), method.num_views)
@@ -116,6 +123,25 @@ def build_session(cfg: TrainConfig) -> Session:
         pipelines,
         {"name": cfg.model, "kwargs": kwargs},
     )
+
+
+def describe_world(cfg: TrainConfig) -> dict[str, Any]:
+    """How the run is spread over processes (run.json ``distributed``)."""
+    world = current_world()
+    return {
+        "world_size": world.size,
+        "batch_size": (
+            f"{cfg.batch_size} is the global batch: each of the {world.size} rank(s) trains its "
+            "contiguous shard of every batch, gradients summed over ranks"
+        ),
+        "batchnorm": (
+            "synchronised over ranks (SyncBatchNorm)"
+            if cfg.sync_batchnorm and world.size > 1
+            else "each rank's own shard"
+            if world.size > 1
+            else "the batch"
+        ),
+    }
 
 
 def describe_run(s: Session, command: list[str] | None = None) -> dict[str, Any]:
@@ -156,6 +182,7 @@ def describe_run(s: Session, command: list[str] | None = None) -> dict[str, Any]
             {"view": v, "pipeline": p.spec} for v, p in zip(s.method.view_names(), s.pipelines)
         ],
         "config": s.cfg.to_dict(),
+        "distributed": describe_world(s.cfg),
         "status": "running",
         "epochs_done": 0,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -170,4 +197,11 @@ def describe_run(s: Session, command: list[str] | None = None) -> dict[str, Any]
     }
 
 
-__all__ = ["Session", "build_session", "describe_run", "model_arguments", "resolve_device"]
+__all__ = [
+    "Session",
+    "build_session",
+    "describe_run",
+    "describe_world",
+    "model_arguments",
+    "resolve_device",
+]

@@ -226,13 +226,17 @@ def sweep(
     out: Path,
     *,
     workers: int = 1,
+    launcher: str = "processes",
+    slurm: dict[str, Any] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict[str, str]:
     """Train every unfinished run of ``study`` into ``out``; returns ``{run: outcome}``.
 
-    ``workers > 1`` trains that many runs at once as ``okdph train`` subprocesses, each on its own
-    CUDA device when there are several (round robin), else all on the default device.
+    ``workers > 1`` trains that many runs at once as ``okdph train`` subprocesses, each on a CUDA
+    device no other worker holds when there are several, else all on the default device.
+    ``launcher="slurm"`` submits every run as a SLURM job through submitit with the ``slurm``
+    parameters (``"local"``: submitit's local executor), see :mod:`okdph.launch`.
     """
     runs = open_study(out, study)
     states = {r.name: run_state(out / r.name) for r in runs}
@@ -248,6 +252,22 @@ def sweep(
         eta = f", ETA {elapsed / i * left / 60:.1f} min" if left else ""
         log(f"[{i}/{len(todo)}] {run.name}: {outcome} ({elapsed / 60:.1f} min{eta})")
 
+    if launcher in ("slurm", "local"):
+        from okdph.launch import TrainJob, submit_and_wait
+
+        jobs = [
+            (
+                r.name,
+                TrainJob(
+                    study.config(r).to_dict(),
+                    str(out / r.name),
+                    train_command(study, r, out, "new")[2:],
+                ),
+            )
+            for r in todo
+        ]
+        outcomes.update(submit_and_wait(jobs, out / "submitit", launcher, slurm or {}, log))
+        return outcomes
     if workers <= 1:
         from okdph import trainer
 
@@ -271,19 +291,22 @@ def sweep(
         return outcomes
     devices = _devices()
     pending = list(todo)
-    active: dict[subprocess.Popen, PlannedRun] = {}
+    active: dict[subprocess.Popen, tuple[PlannedRun, str | None]] = {}
     done = 0
     while pending or active:
         while pending and len(active) < workers:
             run = pending.pop(0)
             cmd = train_command(study, run, out, states[run.name])
             env = dict(os.environ)
-            if devices:
-                env["CUDA_VISIBLE_DEVICES"] = devices[len(active) % len(devices)]
-            active[subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)] = run
+            device = None
+            if devices:  # the least used device: a finished worker's GPU is handed on
+                held = [d for _, d in active.values()]
+                device = min(devices, key=held.count)
+                env["CUDA_VISIBLE_DEVICES"] = device
+            active[subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)] = (run, device)
         time.sleep(0.2)
         for proc in [p for p in active if p.poll() is not None]:
-            run = active.pop(proc)
+            run, _ = active.pop(proc)
             done += 1
             report(
                 done, run, "trained" if proc.returncode == 0 else f"failed (exit {proc.returncode})"

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,10 +29,12 @@ from okdph.checkpoints import (
     save_checkpoint,
 )
 from okdph.config import TrainConfig
+from okdph.distributed import World, current_world, sum_gradients, weights_digest
 from okdph.evaluation import autocast, evaluate, to_memory_format
 from okdph.methods import StepContext
-from okdph.run import RunDir, RunDirError
-from okdph.session import Session, build_session, describe_run
+from okdph.run import ReadOnlyRunDir, RunDir, RunDirError
+from okdph.session import Session, build_session, describe_run, describe_world
+from okdph.tracking import TrainingTracker, open_tensorboard
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,19 +64,35 @@ def torch_stream(seed: int, epoch: int, device: torch.device, *key: int) -> torc
     return gen
 
 
-def epoch_rngs(seed: int, epoch: int, device: torch.device, num_views: int) -> EpochStreams:
-    """The independent random streams of one epoch (:class:`EpochStreams`)."""
+def epoch_rngs(
+    seed: int, epoch: int, device: torch.device, num_views: int, rank: int = 0
+) -> EpochStreams:
+    """The independent random streams of one epoch (:class:`EpochStreams`). They are the same
+    on every rank of a distributed run, but for the global generator (dropout masks), which
+    each rank other than 0 seeds with its rank too."""
 
     def stream(*key: int) -> torch.Generator:
         return torch_stream(seed, epoch, device, *key)
 
-    global_seed = np.random.SeedSequence([seed, epoch, 3]).generate_state(1, dtype=np.uint64)
+    key = [seed, epoch, 3] + ([rank] if rank else [])
+    global_seed = np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)
     torch.manual_seed(int(global_seed[0] >> 1))  # for any layer drawing from the global generator
     return EpochStreams(
         order=stream(0),
         views=[stream(1, i) for i in range(num_views)],
         method=np.random.default_rng(np.random.SeedSequence([seed, epoch, 2])),
     )
+
+
+def _global_mean(world: World, share: float):
+    """The function that turns a shard's batch mean into the global batch's (StepContext)."""
+    if world.size == 1:
+        return _identity
+    return lambda t: world.sum(t * share)
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
 
 
 def _progress(iterable, **kwargs):
@@ -92,11 +111,29 @@ class Trainer:
         self.step = 0
         self.test_x = session.data.inputs("test")
         self.test_y = session.data.targets("test")
+        self.last_lr = session.optimizer.param_groups[0]["lr"]
+        self.tracker: TrainingTracker | None = None
+        self.board: Any = None
+        self.world = current_world()
 
     def save(self, metrics: dict[str, float]) -> None:
+        if self.world.size > 1:
+            self._check_ranks_agree()
         save_checkpoint(self.run, self.s, self.epoch, self.step, metrics)
-        if self.s.cfg.keep_every > 1:
+        if self.s.cfg.keep_every > 1 and self.world.is_main:
             prune_checkpoints(self.run, self.s.cfg.keep_every)
+
+    def _check_ranks_agree(self) -> None:
+        method = self.s.method
+        # Parameters and the method's own state (WML's weights) must agree; BatchNorm's running
+        # statistics are per rank by design.
+        shared = [*method.parameters(), *method.extra_state().values()]
+        digest = weights_digest(shared).to(self.s.device)
+        if not bool(self.world.sum(digest.clone()) == digest * self.world.size):
+            raise RuntimeError(
+                f"the ranks' weights disagree at epoch {self.epoch}; distributed training is not "
+                "deterministic here (a method's state or a layer differs between ranks)"
+            )
 
     def restore(self) -> None:
         """Continue from the last checkpoint of the run directory."""
@@ -104,6 +141,9 @@ class Trainer:
 
     # ---- loop -------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
+        """Every member's test metrics (rank 0 only: the other ranks return ``{}``)."""
+        if not self.world.is_main:
+            return {}
         cfg = self.s.cfg
         return evaluate(
             self.s.method,
@@ -117,7 +157,7 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         s = self.s
         cfg, data, method = s.cfg, s.data, s.method
-        streams = epoch_rngs(cfg.seed, self.epoch, s.device, len(s.pipelines))
+        streams = epoch_rngs(cfg.seed, self.epoch, s.device, len(s.pipelines), self.world.rank)
         rng = streams.method
         method.start_epoch(self.epoch, rng)
         method.train()
@@ -135,30 +175,56 @@ class Trainer:
             leave=False,
             disable=None if self.progress else True,
         )
+        world = self.world
         for b in bar:
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             x = data.to_unit(data.train_x[idx])
             y = data.train_y[idx]
+            # Every rank augments the whole global batch (the same draws as one process), then
+            # keeps its shard.
+            part = world.shard(len(y))
             views = [
-                to_memory_format(data.normalize(p(x, g)), cfg.channels_last)
+                to_memory_format(data.normalize(p(x, g))[part], cfg.channels_last)
                 for p, g in zip(s.pipelines, streams.views, strict=True)
             ]
+            y = y[part]
             lr = s.optimizer.param_groups[0]["lr"]
-            ctx = StepContext(self.epoch, b, self.step, cfg.epochs, rng, lr)
+            share = len(y) / len(idx)
+            ctx = StepContext(
+                self.epoch,
+                b,
+                self.step,
+                cfg.epochs,
+                rng,
+                lr,
+                global_mean=_global_mean(world, share),
+            )
             with autocast(s.device, cfg.amp):
                 loss, terms = method.compute_loss(views, y, ctx)
             s.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share if world.size > 1 else loss).backward()
+            sum_gradients(method.parameters(), world)
             method.before_step(ctx)
             s.optimizer.step()
             with autocast(s.device, cfg.amp):
                 method.after_step(ctx)
             self.step += 1
+            self.last_lr = lr
+            if self.tracker is not None and self.tracker.due_after_step(self.step):
+                self.track(self.epoch + (b + 1) / num_batches)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach() * len(y)
             seen += len(y)
             if (b + 1) % check_every == 0 or b + 1 == num_batches:
                 self._check_finite(loss, terms, b)
+        if world.size > 1:  # sample-weighted means over every rank's shards
+            keys = sorted(sums)
+            total = world.sum(
+                torch.stack(
+                    [sums[k].float() for k in keys] + [torch.tensor(float(seen), device=s.device)]
+                )
+            )
+            sums, seen = dict(zip(keys, total[:-1])), float(total[-1])
         return {f"train/{k}": (v / seen).item() for k, v in sums.items()}
 
     def training_batches(self, view: int) -> Iterator[Tensor]:
@@ -175,8 +241,42 @@ class Trainer:
             x = data.to_unit(data.train_x[b * cfg.batch_size : (b + 1) * cfg.batch_size])
             yield to_memory_format(data.normalize(s.pipelines[view](x, gen)), cfg.channels_last)
 
+    # ---- logging and tracking -----------------------------------------------------------------
+    def log(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to metrics.jsonl (and TensorBoard when ``log.tensorboard``)."""
+        self.run.append_metrics(record)
+        if self.board is not None:
+            for key, value in record.items():
+                if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                    self.board.add_scalar(key, value, global_step=record["step"])
+            self.board.flush()
+
+    def track(self, epoch: float) -> None:
+        """One curvature tracking point of every member, logged as its own metrics line."""
+        assert self.tracker is not None
+        start = time.perf_counter()
+        record = self.tracker.point(self.step, self.last_lr)
+        self.log(
+            {
+                "epoch": epoch,
+                "step": self.step,
+                **record,
+                "time/track_s": time.perf_counter() - start,
+            }
+        )
+
+    def open_logs(self) -> None:
+        """Start the curvature tracker and TensorBoard writer the config asks for (once)."""
+        cfg = self.s.cfg
+        if cfg.track.enabled and self.tracker is None:
+            self.tracker = TrainingTracker(self.s, self.run.path / "tracking.pt", self.world)
+            self.run.update_info(tracking=self.tracker.describe())
+        if cfg.log.tensorboard and self.board is None and self.world.is_main:
+            self.board = open_tensorboard(self.run.path / "tensorboard")
+
     def _check_finite(self, loss: Tensor, terms: dict[str, Tensor], batch: int) -> None:
-        if bool(torch.isfinite(loss).all()):
+        finite = torch.isfinite(loss.detach()).all().float().reshape(1)
+        if bool(self.world.sum(finite) == self.world.size):  # every rank stops together
             return
         bad = [
             k.rsplit("/", 1)[0]
@@ -198,10 +298,14 @@ class Trainer:
         cfg = s.cfg
         last = cfg.epochs if stop_at is None else min(stop_at, cfg.epochs)
         metrics: dict[str, float] = {}
-        if self.epoch == 0 and self.run.last_checkpoint() is None:
+        self.open_logs()
+        fresh = self.world.broadcast_object(self.epoch == 0 and self.run.last_checkpoint() is None)
+        if fresh:
             metrics = self.evaluate()
-            self.run.append_metrics({"epoch": 0, "step": 0, **metrics})
+            self.log({"epoch": 0, "step": 0, **metrics})
             self.save(metrics)
+            if self.tracker is not None:
+                self.track(0)
         epochs = _progress(
             range(self.epoch, last),
             desc="training",
@@ -230,8 +334,12 @@ class Trainer:
                     **metrics,
                     "time/epoch_s": time.perf_counter() - start,
                 }
-                self.run.append_metrics(record)
+                self.log(record)
                 s.method.end_epoch(self.epoch)
+                if self.tracker is not None and self.tracker.due_after_epoch(
+                    self.epoch, cfg.epochs
+                ):
+                    self.track(self.epoch)
                 if self.epoch % cfg.save_every == 0 or self.epoch == cfg.epochs:
                     self.save(metrics)
                     self.run.update_info(epochs_done=self.epoch)
@@ -262,26 +370,33 @@ def train(
     command: list[str] | None = None,
 ) -> tuple[RunDir, dict[str, float]]:
     """Train a new run into ``out``; returns the run directory and the final test metrics."""
-    run = RunDir(out)
-    if run.exists() and not overwrite:
+    world = current_world()
+    run = RunDir(out) if world.is_main else ReadOnlyRunDir(out)
+    # Rank 0 decides (the others would see what it writes): one verdict for every rank.
+    taken = world.broadcast_object(run.exists() and not overwrite)
+    if taken:
         raise RunDirError(
             f"{run.path} already holds a run; use --resume to continue it or "
             f"--overwrite to start again"
         )
     session = build_session(cfg)
-    if run.path.exists() and overwrite:
-        clear_run(run)
+    if world.is_main:
+        if run.path.exists() and overwrite:
+            clear_run(run)
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_info(describe_run(session, command))
     trainer = Trainer(session, run, progress, max_batches)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.write_info(describe_run(session, command))
-    return run, trainer.fit()
+    metrics = trainer.fit()
+    world.barrier()
+    return run, metrics
 
 
 def resume(
     path: str | Path, *, progress: bool = True, max_batches: int = 0, device: str | None = None
 ) -> tuple[RunDir, dict[str, float]]:
     """Continue the run in ``path`` from its last checkpoint (optionally on another device)."""
-    run = RunDir(path)
+    world = current_world()
+    run = RunDir(path) if world.is_main else ReadOnlyRunDir(path)
     info = run.read_info()
     try:
         cfg = TrainConfig.from_dict(info["config"])
@@ -295,8 +410,11 @@ def resume(
     if trainer.epoch >= cfg.epochs:  # nothing left to do
         last = run.last_checkpoint()
         return run, dict(last.sidecar.get("metrics", {})) if last else {}
-    run.update_info(status="running")
-    return run, trainer.fit()
+    resumed = [*info.get("resumed_with", []), describe_world(cfg)["world_size"]]
+    run.update_info(status="running", resumed_with=resumed)
+    metrics = trainer.fit()
+    world.barrier()
+    return run, metrics
 
 
 __all__ = [

@@ -12,7 +12,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["bench_hessian.py", "bench_surface.py", "bench_trainer.py", "bench_methods.py"]
+BENCHMARKS = [
+    "bench_hessian.py",
+    "bench_surface.py",
+    "bench_trainer.py",
+    "bench_methods.py",
+    "bench_tracking.py",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

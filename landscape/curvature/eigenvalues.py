@@ -138,6 +138,7 @@ def top_eigenvalues(
     distributed: bool | None = None,
     certify_top: float | None = None,
     search_steps: int = 20,
+    start: Tensor | None = None,
     show_progress: bool = True,
 ) -> Spectrum:
     """Extreme eigenvalues of the Hessian of the dataset loss, to a certified relative accuracy.
@@ -172,6 +173,8 @@ def top_eigenvalues(
             ``search_steps`` steps orthogonal to the returned vectors, whatever they find merged
             in, and the Kuczynski-Wozniakowski bound of the last one. ``None``: no check.
         search_steps: steps of each search (about as many extra products).
+        start: start vector (flat, in the operator's parameter order), e.g. a warm start from an
+            earlier solve; default a Gaussian from ``seed``. Only its direction matters.
         show_progress: show a progress bar on stderr (rank 0 only when distributed).
 
     Returns:
@@ -197,7 +200,11 @@ def top_eigenvalues(
     if wanted > op.n:
         raise LandscapeError(f"asked for {wanted} eigenvalues of a {op.n}-parameter Hessian")
     gen = seeded_generator(seed)
-    start, used = gaussian((op.n,), gen, op.dtype, op.device), op.n_hvp
+    if start is None:
+        start = gaussian((op.n,), gen, op.dtype, op.device)
+    elif start.shape != (op.n,) or not bool(torch.isfinite(start).all()) or not start.any():
+        raise LandscapeError(f"start must be a finite, nonzero vector of {op.n} numbers")
+    start, used = start.to(device=op.device, dtype=op.dtype), op.n_hvp
     with progress(total=max_iter, desc="lanczos", enable=show_progress and is_rank0()) as bar:
 
         def on_step(n_matvec: int, n_converged: int) -> None:

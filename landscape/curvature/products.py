@@ -44,6 +44,7 @@ from landscape.core.selection import select_parameters
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 METHODS = ("auto", "reverse", "forward")
+BATCHNORM = ("running", "batch")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class ProblemInfo(ResultMixin):
         method: ``"reverse"`` or ``"forward"`` differentiation.
         reuse_graph: whether one autograd graph served every product.
         world_size: number of ranks whose data shards make up the dataset.
+        batchnorm: ``"running"`` (eval mode) or ``"batch"`` (BatchNorm with batch statistics).
     """
 
     n_params: int
@@ -75,6 +77,7 @@ class ProblemInfo(ResultMixin):
     method: str
     reuse_graph: bool
     world_size: int
+    batchnorm: str = "running"
 
 
 def _frozen_filter(patterns: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
@@ -93,7 +96,28 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
-def check_reproducible(module: nn.Module, inputs: Tensor) -> None:
+@contextmanager
+def loss_mode(module: nn.Module, batchnorm: str = "running") -> Iterator[nn.Module]:
+    """The mode a loss is differentiated in: eval mode (dropout off); with ``batchnorm="batch"``
+    BatchNorm layers normalise with each batch's own statistics, as in training, without
+    touching their running buffers (they are not tracked for the block)."""
+    with eval_mode(module):
+        if batchnorm != "batch":
+            yield module
+            return
+        layers = [m for m in module.modules() if isinstance(m, _BatchNorm)]
+        tracked = [m.track_running_stats for m in layers]
+        for m in layers:
+            m.train()
+            m.track_running_stats = False
+        try:
+            yield module
+        finally:
+            for m, track in zip(layers, tracked, strict=True):
+                m.track_running_stats = track
+
+
+def check_reproducible(module: nn.Module, inputs: Tensor, batchnorm: str = "running") -> None:
     """Refuse models whose eval-mode loss is random or depends on how the data is batched.
 
     ``module`` must already be in eval mode. Layers are inspected first (BatchNorm that still uses
@@ -104,7 +128,11 @@ def check_reproducible(module: nn.Module, inputs: Tensor) -> None:
         LandscapeError: naming the offending layer or the symptom.
     """
     for name, layer in module.named_modules():
-        if isinstance(layer, _BatchNorm) and (layer.training or layer.running_mean is None):
+        if (
+            isinstance(layer, _BatchNorm)
+            and batchnorm != "batch"
+            and (layer.training or layer.running_mean is None)
+        ):
             raise LandscapeError(
                 f"BatchNorm layer {name!r} normalises with batch statistics even in eval mode, so "
                 "the loss would depend on how the data is batched; give it running statistics"
@@ -158,6 +186,9 @@ class HessianOperator:
             bounds activation memory; default 8.
         distributed: sum over ``torch.distributed`` ranks; ``None`` does so when it is initialised.
         check: run the reproducibility checks (:func:`check_reproducible`).
+        batchnorm: ``"running"`` (eval mode) or ``"batch"``: BatchNorm normalises with each
+            batch's statistics, the training objective on these fixed batches (its value then
+            depends on the batching, which is held fixed); ``method="reverse"`` only.
 
     Attributes:
         n_hvp: Hessian-vector products computed so far (one per vector, whatever the batching).
@@ -179,9 +210,17 @@ class HessianOperator:
         vectors_per_pass: int = 8,
         distributed: bool | None = None,
         check: bool = True,
+        batchnorm: str = "running",
     ) -> None:
         if method not in METHODS:
             raise LandscapeError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+        if batchnorm not in BATCHNORM:
+            raise LandscapeError(f"batchnorm must be one of {', '.join(BATCHNORM)}")
+        if batchnorm == "batch" and method == "forward":
+            raise LandscapeError(
+                "batchnorm='batch' needs method='reverse' (no vmap of its updates)"
+            )
+        self.batchnorm = batchnorm
         self.device = resolve_device(device)
         first = next(iter(model.parameters()), None)
         if first is None:
@@ -227,9 +266,9 @@ class HessianOperator:
         self.n_hvp = 0
         self.n_passes = 0
         if check:
-            with eval_mode(self.module):
+            with loss_mode(self.module, batchnorm):
                 x0 = self.batches[0][0]
-                check_reproducible(self.module, x0[: min(len(x0), 64)])
+                check_reproducible(self.module, x0[: min(len(x0), 64)], batchnorm)
 
     # -- vectors -----------------------------------------------------------------------------
     def split(self, v: Tensor) -> list[Tensor]:
@@ -263,6 +302,7 @@ class HessianOperator:
             method=self.method,
             reuse_graph=self.reuse_graph,
             world_size=self.world_size,
+            batchnorm=self.batchnorm,
         )
 
     # -- products ----------------------------------------------------------------------------
@@ -280,7 +320,7 @@ class HessianOperator:
         if vectors.dim() != 2 or vectors.shape[1] != self.n:
             raise ValueError(f"expected a (k, {self.n}) block, got {tuple(vectors.shape)}")
         vectors = vectors.to(device=self.device, dtype=self.dtype)
-        with eval_mode(self.module), torch.enable_grad():
+        with loss_mode(self.module, self.batchnorm), torch.enable_grad():
             if self.reuse_graph:
                 out = self._reverse_on_graph(vectors)
             elif self.method == "reverse":

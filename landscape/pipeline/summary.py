@@ -6,6 +6,7 @@ Which figures a summary gets, and in which report sections, is decided in
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -93,6 +94,40 @@ def sharpness_columns(record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+TRACKED = ("lambda_max", "lambda_max_bound", "threshold", "trace", "trace_stderr", "converged")
+
+
+def tracking_series(run: Run) -> dict[str, Any]:
+    """The curvature okdph tracked during training (``curv/<member>/<name>`` lines of
+    metrics.jsonl), per member: ``epoch`` and each of :data:`TRACKED` (``None`` where a point
+    lacks it); ``{}`` when the run tracked nothing."""
+    path = run.path / "metrics.jsonl"
+    if run.layout != "okdph" or not path.is_file():
+        return {}
+    points = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a crash
+        if isinstance(record, dict) and "curv/lr" in record:
+            points.append(record)
+    members = sorted(
+        {k.split("/")[1] for r in points for k in r if k.startswith("curv/") and k.count("/") == 2}
+    )
+    series = {}
+    for m in members:
+        rows = [r for r in points if f"curv/{m}/lambda_max" in r]
+        series[m] = {
+            "role": run.roles.get(m, "network"),
+            "epoch": [r["epoch"] for r in rows],
+            **{name: [r.get(f"curv/{m}/{name}") for r in rows] for name in TRACKED},
+        }
+    if not series:
+        return {}
+    return {"definition": run.info.get("tracking", {}), "members": series}
+
+
 def build_summary(
     run: Run,
     settings: Mapping[str, Any],
@@ -147,6 +182,7 @@ def build_summary(
         "flatness": {str(e): flatness_rows(run, e, records) for e in epochs},
         "curves": curves,
         "surfaces": surfaces,
+        "tracking": tracking_series(run),
         "records": dict(records),
         "files": dict(files),
         "pieces": len(records),

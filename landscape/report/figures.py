@@ -393,6 +393,66 @@ def layers_figure(records: Mapping[str, Mapping[str, Any]]) -> go.Figure:
     return fig
 
 
+def tracking_figure(tracking: Mapping[str, Any]) -> go.Figure:
+    """Top Hessian eigenvalue (left) and trace (right, when tracked) of each member against the
+    epoch during training, with certified error bars and the optimiser's stability threshold."""
+    series = tracking["members"]
+    has_trace = any(v is not None for s in series.values() for v in s["trace"])
+    fig = make_subplots(
+        rows=1,
+        cols=2 if has_trace else 1,
+        subplot_titles=("\u03bb max during training", "trace") if has_trace else None,
+    )
+    members = list(series)
+    for m, s in series.items():
+        colour = member_colour(m, members)
+        fig.add_trace(
+            go.Scatter(
+                x=s["epoch"],
+                y=_finite(s["lambda_max"]),
+                error_y={"type": "data", "array": _finite(s["lambda_max_bound"])},
+                mode="lines+markers",
+                name=m,
+                legendgroup=m,
+                line={"color": colour},
+            ),
+            row=1,
+            col=1,
+        )
+        if has_trace:
+            fig.add_trace(
+                go.Scatter(
+                    x=s["epoch"],
+                    y=_finite(s["trace"]),
+                    error_y={"type": "data", "array": _finite(s["trace_stderr"])},
+                    mode="lines+markers",
+                    name=m,
+                    legendgroup=m,
+                    showlegend=False,
+                    line={"color": colour},
+                ),
+                row=1,
+                col=2,
+            )
+    trained = [s for s in series.values() if any(t is not None for t in s["threshold"])]
+    if trained:
+        fig.add_trace(
+            go.Scatter(
+                x=trained[0]["epoch"],
+                y=_finite(trained[0]["threshold"]),
+                mode="lines",
+                name="SGD stability threshold",
+                line={"color": "black", "dash": "dash", "shape": "hv"},
+            ),
+            row=1,
+            col=1,
+        )
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(template="plotly_white", height=420)
+    return fig
+
+
 def flatness_table(
     rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
 ) -> go.Figure:

@@ -116,6 +116,20 @@ def build_sections(
                     ],
                 )
             )
+    tracking = summary.get("tracking") or {}
+    if tracking.get("members"):
+        sections.append(
+            (
+                "Curvature during training",
+                "Tracked by okdph during training (track.* settings, run.json 'tracking'): the "
+                "top eigenvalue of the Hessian of the mean cross-entropy on a fixed training "
+                "subset, with certified error bars, against the full-batch stability threshold "
+                "of the SGD that trains each student (2(1 + momentum)/lr minus weight decay; "
+                "a reference line, not a prediction for minibatch SGD). Members no optimiser "
+                "trains (hybrid, averages) have no threshold.",
+                [("tracking", figures.tracking_figure(tracking))],
+            )
+        )
     for key, rec in records.items():
         if key.startswith("trajectory/"):
             sections.append(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ class RunRecord:
     settings: dict[str, Any]
     definitions: dict[str, str]
     config: dict[str, Any]
+    # The curvature tracked during training (summary.json "tracking"; {} when none).
+    tracking: dict[str, Any] = field(default_factory=dict)
 
 
 def study_runs(path: Path) -> tuple[dict[str, Any] | None, list[tuple[Path, str]]]:
@@ -134,6 +136,7 @@ def load_run(path: Path, label: str | None = None) -> RunRecord:
         settings=settings,
         definitions=definitions,
         config=config,
+        tracking=summary.get("tracking") or {},
     )
 
 

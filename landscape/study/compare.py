@@ -124,6 +124,7 @@ def compare_runs(
         c["relevance"] = relevance(c["measure"], declared)
         c["verdict"] = verdict(c)
     correlations = _correlations(runs, means, max_train_error)
+    tracking = tracking_bands(runs)
     caveats = _caveats(methods, runs)
     return {
         "reference": reference,
@@ -133,6 +134,7 @@ def compare_runs(
         ],
         "contrasts": contrasts,
         "correlations": correlations,
+        "tracking": tracking,
         "verdicts": [c["verdict"] for c in contrasts if c["family"] == "primary"]
         + [c["verdict"] for c in contrasts if c["family"] != "primary"],
         "caveats": caveats,
@@ -140,6 +142,43 @@ def compare_runs(
         "settings": runs[0].settings,
         "definitions": runs[0].definitions,
     }
+
+
+def tracking_bands(runs: Sequence[RunRecord]) -> dict[str, Any]:
+    """Per method, the tracked top eigenvalue of its students against the epoch: at each epoch
+    every run's students' mean is one value, summarised over runs (geometric mean and t
+    interval, n), with the runs' mean stability threshold; ``{}`` when no run tracked."""
+    out: dict[str, Any] = {}
+    for method in sorted({r.method for r in runs}):
+        per_epoch: dict[float, list[float]] = defaultdict(list)
+        thresholds: dict[float, list[float]] = defaultdict(list)
+        for r in runs:
+            if r.method != method or not r.tracking.get("members"):
+                continue
+            students = [s for m, s in r.tracking["members"].items() if r.kinds.get(m) == "students"]
+            if not students:
+                continue
+            for i, epoch in enumerate(students[0]["epoch"]):
+                vals = [s["lambda_max"][i] for s in students if s["lambda_max"][i] is not None]
+                if vals:
+                    per_epoch[epoch].append(sum(vals) / len(vals))
+                if students[0]["threshold"][i] is not None:
+                    thresholds[epoch].append(students[0]["threshold"][i])
+        if not per_epoch:
+            continue
+        epochs = sorted(per_epoch)
+        described = [stats.describe(per_epoch[e], log=True) for e in epochs]
+        out[method] = {
+            "epoch": epochs,
+            "mean": [d.mean for d in described],
+            "ci_low": [d.ci_low for d in described],
+            "ci_high": [d.ci_high for d in described],
+            "n": [d.n for d in described],
+            "threshold": [
+                sum(thresholds[e]) / len(thresholds[e]) if thresholds[e] else None for e in epochs
+            ],
+        }
+    return out
 
 
 def _by_seed(

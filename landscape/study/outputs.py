@@ -179,6 +179,55 @@ def contrast_figure(result: dict[str, Any]) -> go.Figure:
     return fig
 
 
+def tracking_figure(result: dict[str, Any]) -> go.Figure:
+    """The students' tracked top eigenvalue against the epoch per method: geometric mean over
+    runs with its 95% band, and each method's SGD stability threshold (dashed)."""
+    fig = go.Figure()
+    for j, (method, band) in enumerate(sorted(result["tracking"].items())):
+        colour = PALETTE[j % len(PALETTE)]
+        x = band["epoch"]
+        lows, highs = band["ci_low"], band["ci_high"]
+        if all(v is not None and math.isfinite(v) for v in lows + highs):
+            fig.add_trace(
+                go.Scatter(
+                    x=list(x) + list(x)[::-1],
+                    y=list(highs) + list(lows)[::-1],
+                    fill="toself",
+                    fillcolor=colour,
+                    opacity=0.2,
+                    line={"width": 0},
+                    legendgroup=method,
+                    showlegend=False,
+                    hoverinfo="skip",
+                )
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=band["mean"],
+                mode="lines+markers",
+                name=f"{method} (n={max(band['n'])})",
+                legendgroup=method,
+                line={"color": colour},
+            )
+        )
+        if any(t is not None for t in band["threshold"]):
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=band["threshold"],
+                    mode="lines",
+                    name=f"{method} threshold",
+                    legendgroup=method,
+                    line={"color": colour, "dash": "dash", "shape": "hv"},
+                )
+            )
+    fig.update_yaxes(type="log", title_text="\u03bb max of the students")
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(template="plotly_white", height=440)
+    return fig
+
+
 def text_table(title: str, lines: Sequence[str]) -> go.Figure:
     fig = go.Figure(
         go.Table(
@@ -238,6 +287,8 @@ def write_compare(
         ),
         "caveats": text_table("caveats", result["caveats"]),
     }
+    if result.get("tracking"):
+        figures["tracking"] = tracking_figure(result)
     if "html" in formats:
         sections = [
             (
@@ -250,6 +301,16 @@ def write_compare(
             ("Contrasts", "", [figures["contrasts"]]),
             ("Does flatness track generalisation?", "", [figures["correlations"]]),
         ]
+        if "tracking" in figures:
+            sections.append(
+                (
+                    "Curvature during training",
+                    "Top Hessian eigenvalue of each method's students as tracked during "
+                    "training (a run's students averaged, then runs summarised: geometric mean "
+                    "and 95% t band over seeds), with the SGD stability threshold.",
+                    [figures["tracking"]],
+                )
+            )
         written.append(
             write_report(
                 out / "compare.html",

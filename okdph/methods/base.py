@@ -34,6 +34,10 @@ class StepContext:
     # Learning rate of this step (the optimiser's first parameter group), for methods whose
     # updates model an SGD step (WML's hypergradient).
     lr: float = 0.0
+    # Turns a batch mean computed on this rank's shard into the global batch's mean (summed over
+    # ranks under torchrun; the identity in one process), for a method that differentiates batch
+    # quantities itself (SAM's ascent, WML's hypergradient) rather than through the trainer.
+    global_mean: Callable[[Tensor], Tensor] = lambda t: t
 
 
 @dataclass

@@ -87,7 +87,7 @@ class SAM(Method):
         for i, (net, x) in enumerate(zip(self.students, views)):
             params = [p for p in net.parameters() if p.requires_grad]
             first = smooth_cross_entropy(net(x), y, cfg.label_smoothing)
-            grads = torch.autograd.grad(first, params)
+            grads = [ctx.global_mean(g) for g in torch.autograd.grad(first, params)]
             with torch.no_grad():
                 scaled = [(p.abs() * g if cfg.adaptive else g) for p, g in zip(params, grads)]
                 norm = torch.norm(torch.stack([s.norm(p=2) for s in scaled]), p=2)

@@ -131,6 +131,11 @@ def hypergradient(
     return d_weights - inner_lr * torch.stack(products).to(d_weights.dtype)
 
 
+def _global(grads: Sequence[Tensor | None], ctx: StepContext) -> tuple[Tensor | None, ...]:
+    """Shard batch-mean gradients as the global batch's (the identity in one process)."""
+    return tuple(None if g is None else ctx.global_mean(g) for g in grads)
+
+
 def keep_fractions(num: int, head_widths: Sequence[float], min_width: float) -> list[float]:
     """Per-peer keep fractions: ``head_widths`` if given, else evenly from 1.0 to ``min_width``."""
     if head_widths:
@@ -262,11 +267,11 @@ class WML(Method):
         cfg = self.config
         if cfg.hypergrad == "first_order":
             d_w, _ = ensemble_gradients(self.peer_weights, logits, y)
-            self._step_weights(d_w)
+            self._step_weights(ctx.global_mean(d_w))
             return
         m = len(logits)
         derivatives = [cfg.alpha * sum(kd[i][j] for i in range(m) if i != j) for j in range(m)]
-        grads = derivative_gradients(derivatives, self._params())
+        grads = [_global(g_j, ctx) for g_j in derivative_gradients(derivatives, self._params())]
         eta = ctx.lr if cfg.inner_lr is None else cfg.inner_lr
         self._pending = (views, y, grads, eta)
 
@@ -281,6 +286,7 @@ class WML(Method):
         with torch.enable_grad():
             _, logits = member_outputs(list(self.nets.values()), views, self.config.branches)
             d_w, outer = ensemble_gradients(self.peer_weights, logits, y, self._params())
+        d_w, outer = ctx.global_mean(d_w), _global(outer, ctx)
         with torch.no_grad():
             for buffer, value in zip(self.buffers(), saved):
                 buffer.copy_(value)
