@@ -155,6 +155,19 @@ def main(argv: list[str] | None = None) -> int:
             gap <= 1e-3,
             f"relative gap {gap:.1e}; {spec.n_hvp / eig_s:.1f} HVPs/s",
         )
+        # The same solve with its Lanczos basis in host memory (the small-GPU setting).
+        hosted = top_eigenvalues(
+            model,
+            F.cross_entropy,
+            batch,
+            k=5,
+            tol=1e-4,
+            device=dev,
+            basis_device="cpu",
+            show_progress=False,
+        )
+        hgap = _relative(np.asarray(hosted.values), np.asarray(spec.values))
+        check("top-5, basis on the host", hgap <= 1e-3, f"relative gap {hgap:.1e}")
         allowed = max(
             3 * float(np.hypot(trace.stderr, ref_trace.stderr)), 1e-3 * abs(ref_trace.value)
         )

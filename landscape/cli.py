@@ -35,6 +35,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="training samples analysed (seeded subset; default %(default)s)",
     )
     p.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="samples per forward pass, the main memory knob: losses and Hessian products are "
+        "sample-weighted means over the batches, only BatchNorm recalibration averages per-batch "
+        "statistics; lower it for a large model on a small GPU (default %(default)s)",
+    )
+    p.add_argument(
         "--seed", type=int, default=0, help="seed of data subsets, probes and directions"
     )
     p.add_argument(
@@ -44,6 +52,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="BatchNorm statistics at points that are not trained checkpoints",
     )
     p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+    p.add_argument(
+        "--lanczos-basis",
+        default="device",
+        choices=["device", "cpu"],
+        help="where eigen-solves keep their Lanczos vectors (basis size x parameters numbers): "
+        "with the computation (default) or in host memory, for a large model on a small GPU",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -207,8 +222,10 @@ def _settings(args: argparse.Namespace, **extra):
         samples=samples,
         test_samples=getattr(args, "test_samples", None) or samples,
         seed=args.seed,
+        batch_size=args.batch_size,
         bn=args.bn,
         device=args.device,
+        lanczos_basis=args.lanczos_basis,
         **extra,
     )
 

@@ -147,7 +147,8 @@ class RunDir:
         if not self.metrics_path.exists():
             return []
         records = []
-        for line in self.metrics_path.read_text().splitlines():
+        # Undecodable bytes become U+FFFD, so a damaged line fails as JSON and is skipped.
+        for line in self.metrics_path.read_text(errors="replace").splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:

@@ -29,7 +29,7 @@ from bench_trainer import write_cifar
 from okdph.config import apply_overrides
 from okdph.presets import preset_config
 from okdph.run import RunDir
-from okdph.session import build_session
+from okdph.session import build_session, describe_run
 from okdph.trainer import Trainer
 
 RESULTS = Path(__file__).parent / "results"
@@ -41,6 +41,7 @@ def measure(preset: str, overrides: list[str], repeats: int, tmp: Path) -> dict[
     session = build_session(cfg)
     run = RunDir(tmp / preset)
     run.path.mkdir(parents=True)
+    run.write_info(describe_run(session))
     trainer = Trainer(session, run, progress=False)
     trainer.open_logs()
     assert trainer.tracker is not None

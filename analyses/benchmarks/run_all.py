@@ -18,6 +18,7 @@ BENCHMARKS = [
     "bench_trainer.py",
     "bench_methods.py",
     "bench_tracking.py",
+    "bench_memory.py",
 ]
 
 

@@ -129,6 +129,7 @@ def top_eigenvalues(
     *,
     max_iter: int = 500,
     basis_size: int | None = None,
+    basis_device: str | torch.device | None = None,
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     seed: int = 0,
@@ -160,6 +161,10 @@ def top_eigenvalues(
         max_iter: Hessian-vector product budget.
         basis_size: Lanczos vectors kept before a thick restart (default
             ``max(2 * wanted + 20, 60)``); memory is ``basis_size * n_params`` numbers.
+        basis_device: where those numbers live (default: the compute device); ``"cpu"`` moves
+            them to host memory for a large model on a small accelerator (two transfers of one
+            vector per product). The check of ``certify_top`` keeps its ``search_steps + 1``
+            vectors on the compute device.
         include: glob patterns of parameter names to analyse (default: all trainable ones).
         exclude: glob patterns of parameter names to leave out.
         seed: seed of the start vector.
@@ -223,6 +228,7 @@ def top_eigenvalues(
                 tol=tol,
                 max_matvec=max_iter,
                 basis_size=basis_size,
+                basis_device=basis_device,
                 return_vectors=return_vectors or certify_top is not None,
                 new_direction=draw,
                 on_step=on_step,

@@ -119,6 +119,7 @@ def extreme_eigenpairs(
     tol: float = 1e-3,
     max_matvec: int = 1000,
     basis_size: int | None = None,
+    basis_device: torch.device | str | None = None,
     return_vectors: bool = False,
     new_direction: Callable[[], Tensor] | None = None,
     on_step: Callable[[int, int], None] | None = None,
@@ -143,6 +144,9 @@ def extreme_eigenpairs(
         tol: relative accuracy to certify.
         max_matvec: product budget.
         basis_size: most basis vectors kept (default ``max(2 * wanted + 20, 60)``).
+        basis_device: where the basis lives (default: with ``v0``). ``"cpu"`` keeps the
+            ``basis_size * n`` numbers in host memory when the accelerator is small: each product
+            input goes to ``v0``'s device and its result comes back for orthogonalisation.
         return_vectors: also form the Ritz vectors.
         new_direction: draws a random vector, used to continue after an invariant subspace; the
             iteration stops there when it is ``None``.
@@ -160,18 +164,25 @@ def extreme_eigenpairs(
     m_max = min(n, basis_size or max(2 * wanted + 20, 60))
     if m_max < min(n, wanted + 2):
         raise ValueError(f"basis_size must be at least wanted + 2 = {wanted + 2}")
-    basis = torch.zeros(m_max, n, dtype=v0.dtype, device=v0.device)
-    basis[0] = v0 / torch.linalg.vector_norm(v0)
+    home = v0.device
+    store = torch.device(basis_device) if basis_device is not None else home
+    # Rows are written before they are read; untouched host pages never become resident.
+    basis = torch.empty(m_max, n, dtype=v0.dtype, device=store)
+    basis[0] = (v0 / torch.linalg.vector_norm(v0)).to(store)
+
+    def product(v: Tensor) -> Tensor:
+        return matvec(v.to(home)).to(store)
+
     proj = np.zeros((m_max, m_max))
     level = breakdown_level(v0.dtype)
     eps = float(torch.finfo(v0.dtype).eps)
     j, n_matvec, n_restarts = 0, 0, 0
     # The product error is measured: twice the same product, and the symmetry defect below.
-    first = matvec(basis[0])
-    repeat_error = float(torch.linalg.vector_norm(matvec(basis[0]) - first))
+    first = product(basis[0])
+    repeat_error = float(torch.linalg.vector_norm(product(basis[0]) - first))
     n_matvec, defect, beta0 = 1, 0.0, None
     while True:
-        w, coef = _orthogonalise(first if j == 0 else matvec(basis[j]), basis[: j + 1])
+        w, coef = _orthogonalise(first if j == 0 else product(basis[j]), basis[: j + 1])
         n_matvec += 1
         col = coef.double().cpu().numpy()
         if j == 1 and n_restarts == 0 and beta0 is not None:
@@ -221,7 +232,7 @@ def extreme_eigenpairs(
     pick = order[np.argsort(-theta[order], kind="stable")]
     vectors = None
     if return_vectors:
-        vectors = torch.from_numpy(s[:, pick]).to(basis).T @ basis[: j + 1]
+        vectors = (torch.from_numpy(s[:, pick]).to(basis).T @ basis[: j + 1]).to(home)
     return RitzPairs(
         values=theta[pick],
         residuals=residuals[pick],

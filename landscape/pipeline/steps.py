@@ -92,6 +92,8 @@ class AnalyzeSettings:
     max_trajectory: int = 40  # checkpoints per member in the PCA trajectory
     seed: int = 0
     device: str | None = None
+    # Where eigen-solves keep their basis: "device" or "cpu" (memory only; values unchanged).
+    lanczos_basis: str = "device"
 
     def validate(self) -> None:
         unknown = [a for a in self.analyses if a not in ANALYSES]
@@ -103,6 +105,8 @@ class AnalyzeSettings:
             raise LandscapeError(f"--grid must be an odd number of at least 3, not {self.grid}")
         if self.samples < 1 or self.test_samples < 1:
             raise LandscapeError("--samples must be positive")
+        if self.batch_size < 1:
+            raise LandscapeError(f"--batch-size must be positive, not {self.batch_size}")
         rhos = (*self.rho_worst, *self.rho_average)
         if not self.rho_worst or not self.rho_average or min(rhos) <= 0:
             raise LandscapeError("sharpness radii (--rho-worst, --rho-average) must be positive")
@@ -112,6 +116,8 @@ class AnalyzeSettings:
             raise LandscapeError(f"certify_top must be in [0, 1), not {self.certify_top}")
         if self.layer_depth < 1:
             raise LandscapeError(f"--layer-depth must be positive, not {self.layer_depth}")
+        if self.lanczos_basis not in ("device", "cpu"):
+            raise LandscapeError(f"lanczos_basis must be device or cpu, not {self.lanczos_basis!r}")
         if self.sharpness_m < 1:
             raise LandscapeError(f"--sharpness-m must be positive, not {self.sharpness_m}")
 
@@ -233,6 +239,7 @@ def curvature_record(ctx: Context, epoch: int, member: str, analysis: str) -> di
             which="both",
             tol=s.tol,
             certify_top=s.certify_top or None,
+            basis_device="cpu" if s.lanczos_basis == "cpu" else None,
             **common,
         )
     elif analysis == "trace":

@@ -105,12 +105,17 @@ def tracking_series(run: Run) -> dict[str, Any]:
     if run.layout != "okdph" or not path.is_file():
         return {}
     points = []
-    for line in path.read_text().splitlines():
+    # Undecodable bytes become U+FFFD, so a damaged line fails as JSON and is skipped.
+    for line in path.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line torn by a crash
-        if isinstance(record, dict) and "curv/lr" in record:
+        if (
+            isinstance(record, dict)
+            and "curv/lr" in record
+            and isinstance(record.get("epoch"), (int, float))
+        ):
             points.append(record)
     members = sorted(
         {k.split("/")[1] for r in points for k in r if k.startswith("curv/") and k.count("/") == 2}

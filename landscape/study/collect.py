@@ -16,7 +16,7 @@ from typing import Any
 from landscape.core.errors import LandscapeError
 
 # Settings that may differ between runs without making their numbers incomparable.
-IGNORED_SETTINGS = {"members", "analyses", "device", "epochs"}
+IGNORED_SETTINGS = {"members", "analyses", "device", "epochs", "lanczos_basis"}
 #: measure -> (compared on the log scale, invariant to rescaling a layer's filters)
 MEASURES: dict[str, tuple[bool, bool]] = {
     "test_acc": (False, True),

@@ -3,6 +3,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from analysis_cases import fast_settings
@@ -186,6 +187,7 @@ def test_foreign_layouts_via_cli(tiny_run, tmp_path, capsys):
         (["analyze", "{run}", "--members", "student_9"], "has no member 'student_9'"),
         (["analyze", "{run}", "--epochs", "7"], "has no checkpoint for epoch 7"),
         (["analyze", "{run}", "--grid", "4"], "--grid must be an odd number"),
+        (["analyze", "{run}", "--batch-size", "0"], "--batch-size must be positive"),
         (["analyze", "{run}", "--formats", "html,gif"], "unknown format 'gif'"),
         (["hessian", "{run}", "--member", "teacher"], "has no member 'teacher'"),
     ],
@@ -197,6 +199,16 @@ def test_user_errors_exit_2(argv, fragment, tiny_run, tmp_path, capsys):
     assert main([*argv, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1 and fragment in err
+
+
+def test_memory_knobs_leave_the_eigenvalues_alone(tiny_run, capsys):
+    """--lanczos-basis and --batch-size change where numbers live and how data is chunked."""
+    values = []
+    for extra in ([], ["--lanczos-basis", "cpu", "--batch-size", "7"]):
+        argv = ["hessian", str(tiny_run), "--member", "student_0", "--k", "2", "--json"]
+        assert main([*argv, *CLI_FAST, *extra]) == 0
+        values.append(json.loads(capsys.readouterr().out)["eigen"]["values"])
+    np.testing.assert_allclose(values[1], values[0], rtol=1e-3)  # the certified tolerance
 
 
 def test_single_analyses_print_json(tiny_run, capsys):

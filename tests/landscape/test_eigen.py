@@ -104,6 +104,28 @@ def test_thick_restarts_keep_memory_bounded_and_still_converge():
     np.testing.assert_allclose(pairs.values, [3.0, 2.9, 2.8], atol=1e-8)
 
 
+def test_basis_kept_elsewhere_gives_the_same_solve():
+    """basis_device moves only the stored vectors: products see v0's device, values are equal.
+    (A CUDA solve with its basis on the host is compared in analyses/gpu_check.py.)"""
+    gen = torch.Generator().manual_seed(2)
+    eigenvalues = torch.cat([torch.tensor([3.0, 2.9]), torch.rand(198, generator=gen) * 2.5])
+    a = matrix_with_spectrum(eigenvalues.to(DTYPE))
+    v0 = torch.randn(200, generator=gen, dtype=DTYPE)
+    seen = []
+
+    def matvec(v):
+        seen.append(v.device)
+        return a @ v
+
+    kw = {"k": 2, "tol": 1e-10, "basis_size": 8, "return_vectors": True, "max_matvec": 5000}
+    here = extreme_eigenpairs(lambda v: a @ v, v0, **kw)
+    hosted = extreme_eigenpairs(matvec, v0, basis_device="cpu", **kw)
+    assert hosted.n_restarts > 0 and set(seen) == {v0.device}
+    np.testing.assert_array_equal(hosted.values, here.values)
+    assert hosted.vectors.device == v0.device
+    torch.testing.assert_close(hosted.vectors, here.vectors, rtol=0, atol=0)
+
+
 def test_invariant_subspace_continues_from_a_fresh_direction():
     """diag(5, 5, 3, 1, ...): a Krylov space holds one copy of 5; the restart finds the second."""
     eigenvalues = torch.tensor([5.0, 5.0, 3.0, 1.0, 1.0, 0.5], dtype=DTYPE)
