@@ -150,9 +150,11 @@ class RunDir:
         # Undecodable bytes become U+FFFD, so a damaged line fails as JSON and is skipped.
         for line in self.metrics_path.read_text(errors="replace").splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line torn by a crash
+            if isinstance(record, dict):
+                records.append(record)
         return records
 
     def truncate_metrics(self, last_epoch: int) -> None:
