@@ -54,10 +54,9 @@ class TrainJob:
         self.command = command
 
     def __call__(self) -> str:
-        from okdph import trainer
         from okdph.config import TrainConfig
         from okdph.distributed import init_from_env
-        from okdph.sweep import run_state
+        from okdph.sweep import run_state, train_or_resume
 
         submitit = _submitit()
         env = submitit.JobEnvironment()
@@ -68,17 +67,8 @@ class TrainJob:
         state = run_state(path)
         if state == "done":
             return "skipped (done)"
-        if state == "resume":
-            trainer.resume(path, progress=False)
-            return "resumed"
-        trainer.train(
-            TrainConfig.from_dict(self.config),
-            path,
-            overwrite=True,
-            progress=False,
-            command=self.command,
-        )
-        return "trained"
+        train_or_resume(path, TrainConfig.from_dict(self.config), self.command, state, False)
+        return "resumed" if state == "resume" else "trained"
 
     def checkpoint(self) -> Any:
         """Requeue on preemption or timeout; the new job resumes from the last checkpoint."""

@@ -204,6 +204,18 @@ def run_state(path: Path) -> str:
     return "resume" if run.last_checkpoint() is not None else "new"
 
 
+def train_or_resume(
+    path: Path, cfg: TrainConfig, command: list[str], state: str, progress: bool
+) -> None:
+    """Continue the run in ``path`` (``state="resume"``) or train it anew from ``cfg``."""
+    from okdph import trainer
+
+    if state == "resume":
+        trainer.resume(path, progress=progress)
+    else:
+        trainer.train(cfg, path, overwrite=True, progress=progress, command=command)
+
+
 def train_command(study: Study, run: PlannedRun, out: Path, state: str) -> list[str]:
     """The ``okdph train`` command line of one run."""
     base = [sys.executable, "-m", "okdph", "train", "--no-progress"]
@@ -273,18 +285,14 @@ def sweep(
 
         for i, run in enumerate(todo, 1):
             log(f"[{i - 1}/{len(todo)}] {run.name}: {states[run.name]}")
-            path = out / run.name
             try:
-                if states[run.name] == "resume":
-                    trainer.resume(path, progress=progress)
-                else:
-                    trainer.train(
-                        study.config(run),
-                        path,
-                        overwrite=True,
-                        progress=progress,
-                        command=train_command(study, run, out, "new")[2:],
-                    )
+                train_or_resume(
+                    out / run.name,
+                    study.config(run),
+                    train_command(study, run, out, "new")[2:],
+                    states[run.name],
+                    progress,
+                )
                 report(i, run, "trained")
             except trainer.TrainingDiverged as err:
                 report(i, run, f"diverged ({err})")

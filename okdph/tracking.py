@@ -19,7 +19,6 @@ optimiser trains (OKDPH's hybrid, SWA/EMA averages) have none.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 from okdph import models
 from okdph.config import ConfigError, TrackConfig
 from okdph.distributed import World
-from okdph.run import atomic_write_bytes
+from okdph.run import atomic_torch_save
 
 ENTRY_POINT_GROUP = "okdph.trackers"
 
@@ -139,7 +138,8 @@ class TrainingTracker:
                 record[f"curv/{member}/threshold"] = threshold
         record["curv/lr"] = lr
         if self.world.is_main:
-            atomic_write_bytes(self.state_path, _serialise(self.tracker.state_dict()))
+            state = {k: v.detach().cpu() for k, v in self.tracker.state_dict().items()}
+            atomic_torch_save(self.state_path, state)
         return record
 
     def describe(self) -> dict[str, Any]:
@@ -152,12 +152,6 @@ class TrainingTracker:
                 "minus weight_decay, on the cross-entropy's scale; none for untrained members"
             ),
         }
-
-
-def _serialise(state: dict[str, Tensor]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
-    return buffer.getvalue()
 
 
 def open_tensorboard(path: Path) -> Any:

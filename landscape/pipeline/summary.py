@@ -6,7 +6,6 @@ Which figures a summary gets, and in which report sections, is decided in
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from landscape.pipeline.runs import Run
 from landscape.pipeline.store import atomic_write_json
 from landscape.report.html import ExportUnavailable, export_figures, write_report
 from landscape.report.sections import build_sections
-from okdph.run import atomic_write_bytes
+from okdph.run import RunDir, atomic_write_bytes
 
 
 def _epoch_of(key: str) -> int | None:
@@ -101,22 +100,13 @@ def tracking_series(run: Run) -> dict[str, Any]:
     """The curvature okdph tracked during training (``curv/<member>/<name>`` lines of
     metrics.jsonl), per member: ``epoch`` and each of :data:`TRACKED` (``None`` where a point
     lacks it); ``{}`` when the run tracked nothing."""
-    path = run.path / "metrics.jsonl"
-    if run.layout != "okdph" or not path.is_file():
+    if run.layout != "okdph":
         return {}
-    points = []
-    # Undecodable bytes become U+FFFD, so a damaged line fails as JSON and is skipped.
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a crash
-        if (
-            isinstance(record, dict)
-            and "curv/lr" in record
-            and isinstance(record.get("epoch"), (int, float))
-        ):
-            points.append(record)
+    points = [
+        r
+        for r in RunDir(run.path).read_metrics()  # skips torn and undecodable lines
+        if "curv/lr" in r and isinstance(r.get("epoch"), (int, float))
+    ]
     members = sorted(
         {k.split("/")[1] for r in points for k in r if k.startswith("curv/") and k.count("/") == 2}
     )

@@ -404,35 +404,26 @@ def tracking_figure(tracking: Mapping[str, Any]) -> go.Figure:
         subplot_titles=("\u03bb max during training", "trace") if has_trace else None,
     )
     members = list(series)
+    # (value, its error bar) per panel, left to right
+    panels = [("lambda_max", "lambda_max_bound")] + (
+        [("trace", "trace_stderr")] if has_trace else []
+    )
     for m, s in series.items():
         colour = member_colour(m, members)
-        fig.add_trace(
-            go.Scatter(
-                x=s["epoch"],
-                y=_finite(s["lambda_max"]),
-                error_y={"type": "data", "array": _finite(s["lambda_max_bound"])},
-                mode="lines+markers",
-                name=m,
-                legendgroup=m,
-                line={"color": colour},
-            ),
-            row=1,
-            col=1,
-        )
-        if has_trace:
+        for col, (value, error) in enumerate(panels, 1):
             fig.add_trace(
                 go.Scatter(
                     x=s["epoch"],
-                    y=_finite(s["trace"]),
-                    error_y={"type": "data", "array": _finite(s["trace_stderr"])},
+                    y=_finite(s[value]),
+                    error_y={"type": "data", "array": _finite(s[error])},
                     mode="lines+markers",
                     name=m,
                     legendgroup=m,
-                    showlegend=False,
+                    showlegend=col == 1,
                     line={"color": colour},
                 ),
                 row=1,
-                col=2,
+                col=col,
             )
     trained = [s for s in series.values() if any(t is not None for t in s["threshold"])]
     if trained:
