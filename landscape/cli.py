@@ -62,8 +62,57 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_measure_options(p: argparse.ArgumentParser) -> None:
+    """One flag per setting of every registered measure (``--field-name``), typed by its
+    default, with the help text of the settings dataclass."""
+    import dataclasses
+
+    from landscape.measures.registry import measures
+
+    group = p.add_argument_group("measure settings")
+    seen: set[str] = set()
+    for measure in measures().values():
+        for f in dataclasses.fields(measure.settings):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                type=_parser_for(default),
+                default=default,
+                metavar=f.name.upper(),
+                help=f"{f.metadata.get('help', '')} ({measure.name}; default {_show(default)})",
+            )
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _parser_for(default: object):
+    """argparse ``type`` for a setting with this default: numbers, words, booleans
+    (true/false) and comma-separated tuples of numbers."""
+    if isinstance(default, bool):
+        return _boolean
+    if isinstance(default, tuple):
+        return _radii
+    return type(default) if default is not None else str
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from landscape.pipeline.analyze import ANALYSES, DEFAULT_ANALYSES
+    from landscape.measures.registry import default_analyses, measures
 
     parser = argparse.ArgumentParser(
         prog="landscape",
@@ -85,62 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--members", help="comma-separated members (default: all)")
     a.add_argument(
         "--analyses",
-        default=",".join(DEFAULT_ANALYSES),
-        help=f"comma-separated subset of {', '.join(ANALYSES)} (default: all but layers)",
-    )
-    a.add_argument("--k", type=int, default=5, help="eigenvalues at each end (default %(default)s)")
-    a.add_argument(
-        "--tol",
-        type=float,
-        default=1e-3,
-        help="eigenvalue relative tolerance (default %(default)s)",
-    )
-    a.add_argument(
-        "--trace-rtol",
-        type=float,
-        default=0.05,
-        help="trace relative standard error target (default %(default)s)",
-    )
-    a.add_argument(
-        "--certify-top",
-        type=float,
-        default=0.01,
-        help="failure probability of the search for missed eigenvalues (0: no search; "
-        "default %(default)s)",
+        default=",".join(default_analyses()),
+        help=f"comma-separated subset of {', '.join(measures())} (default: "
+        f"{', '.join(default_analyses())})",
     )
     a.add_argument(
         "--per-layer",
         action="store_true",
         help="also the top eigenvalue and trace of each layer's Hessian block (adds 'layers')",
     )
-    a.add_argument(
-        "--layer-depth",
-        type=int,
-        default=2,
-        help="module-path components that name a layer (default %(default)s)",
-    )
-    a.add_argument(
-        "--rho-worst",
-        type=_radii,
-        default=(0.1, 0.25, 0.5),
-        help="worst-case sharpness radii, relative to |w| (default 0.1,0.25,0.5)",
-    )
-    a.add_argument(
-        "--rho-average",
-        type=_radii,
-        default=(0.01, 0.02, 0.05),
-        help="average-case sharpness radii, relative to |w| (default 0.01,0.02,0.05)",
-    )
-    a.add_argument(
-        "--sharpness-m",
-        type=int,
-        default=128,
-        help="samples per group of worst-case m-sharpness (default %(default)s)",
-    )
+    _add_measure_options(a)
     a.add_argument("--test-samples", type=int, help="test samples for curves (default: --samples)")
-    a.add_argument(
-        "--grid", type=int, default=21, help="points per surface axis (odd; default %(default)s)"
-    )
     a.add_argument(
         "--formats",
         default="html,json",
@@ -211,7 +215,7 @@ def _radii(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(r) for r in text.split(",") if r)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected radii like 0.1,0.5, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.1,0.5, not {text!r}") from None
 
 
 def _settings(args: argparse.Namespace, **extra):
@@ -311,21 +315,17 @@ def _analyze_one(args: argparse.Namespace) -> int:
     if init_distributed() != 0:  # other ranks compute their share and stay quiet
         args.no_progress = True
 
+    from landscape.measures.registry import measures, option_defaults
+
+    analyses = tuple(a for a in args.analyses.split(",") if a)
+    if args.per_layer and "layers" not in analyses:
+        analyses += ("layers",)
     settings = _settings(
         args,
         epochs=args.epochs,
-        grid=args.grid,
         members=tuple(m for m in (args.members or "").split(",") if m),
-        analyses=tuple(a for a in args.analyses.split(",") if a)
-        + (("layers",) if args.per_layer and "layers" not in args.analyses else ()),
-        layer_depth=args.layer_depth,
-        k=args.k,
-        tol=args.tol,
-        trace_rtol=args.trace_rtol,
-        certify_top=args.certify_top,
-        rho_worst=args.rho_worst,
-        rho_average=args.rho_average,
-        sharpness_m=args.sharpness_m,
+        analyses=analyses,
+        **{name: getattr(args, name) for name in option_defaults(measures().values())},
     )
     formats = tuple(f for f in args.formats.split(",") if f)
     outcome = analyze_run(
@@ -354,8 +354,8 @@ def _analyze_one(args: argparse.Namespace) -> int:
 
 def _single(args: argparse.Namespace, **extra):
     from landscape.pipeline.analyze import select_epochs
+    from landscape.pipeline.context import Context
     from landscape.pipeline.runs import open_run
-    from landscape.pipeline.steps import Context
 
     run = open_run(args.run_dir, args.arch, args.data, args.data_root)
     settings = _settings(args, **extra)
@@ -386,21 +386,21 @@ def _emit(record: dict, args: argparse.Namespace, lines: list[str]) -> None:
 
 
 def cmd_hessian(args: argparse.Namespace) -> int:
-    from landscape.pipeline.steps import curvature_record
+    from landscape.pipeline.analyze import measure_one
 
     run, ctx, epoch = _single(args, k=args.k, tol=args.tol)
     member = _member(run, args.member)
     record = {"run": str(run.path), "epoch": epoch, "member": member}
-    record["eigen"] = curvature_record(ctx, epoch, member, "eigen")
+    record["eigen"] = measure_one(ctx, "eigen", epoch, member)
     lines = [
         f"{member} at epoch {epoch}: eigenvalues "
         + ", ".join(f"{v:.5g}" for v in record["eigen"]["values"])
     ]
     if args.trace:
-        record["trace"] = curvature_record(ctx, epoch, member, "trace")
+        record["trace"] = measure_one(ctx, "trace", epoch, member)
         lines.append(f"trace {record['trace']['value']:.5g} +- {record['trace']['stderr']:.2g}")
     if args.density:
-        record["density"] = curvature_record(ctx, epoch, member, "density")
+        record["density"] = measure_one(ctx, "density", epoch, member)
         lines.append(
             f"density: {len(record['density']['grid'])} grid points, sigma {record['density']['sigma']:.3g}"
         )
@@ -409,11 +409,11 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
 
 def cmd_interp(args: argparse.Namespace) -> int:
-    from landscape.pipeline.steps import interpolation_record
+    from landscape.pipeline.analyze import measure_one
 
     run, ctx, epoch = _single(args, alphas=args.points)
     start, end = _member(run, args.start), _member(run, args.end)
-    record = {"run": str(run.path), "epoch": epoch, **interpolation_record(ctx, epoch, start, end)}
+    record = {"run": str(run.path), "epoch": epoch, **measure_one(ctx, "interp", epoch, start, end)}
     lines = [
         f"{start} -> {end} at epoch {epoch}: loss barrier train {record['barrier']['train']:.4g}, "
         f"test {record['barrier']['test']:.4g}; error barrier test "
@@ -424,7 +424,7 @@ def cmd_interp(args: argparse.Namespace) -> int:
 
 
 def cmd_surface(args: argparse.Namespace) -> int:
-    from landscape.pipeline.steps import random_surface_record
+    from landscape.pipeline.analyze import measure_one
 
     run, ctx, epoch = _single(args, grid=args.grid, radius=args.radius)
     member = _member(run, args.member)
@@ -432,7 +432,7 @@ def cmd_surface(args: argparse.Namespace) -> int:
         "run": str(run.path),
         "epoch": epoch,
         "member": member,
-        **random_surface_record(ctx, epoch, member, store=None),
+        **measure_one(ctx, "surface", epoch, member),
     }
     detail = record["detail"]
     lines = [

@@ -18,12 +18,13 @@ LANDSCAPE_ALLOWED = {
     "core": set(),
     "curvature": {"core"},
     "geometry": {"core"},
-    "pipeline": {"core", "curvature", "geometry", "report"},
+    "measures": {"core", "curvature", "geometry", "report"},
+    "pipeline": {"core", "curvature", "geometry", "measures", "report"},
     "report": {"core"},
-    "study": {"core", "report"},
-    "cli": {"core", "curvature", "geometry", "pipeline", "report", "study"},
+    "study": {"core", "measures", "report"},
+    "cli": {"core", "curvature", "geometry", "measures", "pipeline", "report", "study"},
     "__main__": {"cli"},
-    "__init__": {"core", "curvature", "geometry", "pipeline", "report"},
+    "__init__": {"core", "curvature", "geometry", "measures", "pipeline", "report"},
 }
 #: What ``landscape`` may use of ``okdph``: the run-directory format, the registries and data.
 OKDPH_PUBLIC = {"okdph.run", "okdph.models", "okdph.data"}

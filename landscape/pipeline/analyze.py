@@ -4,81 +4,63 @@ For each chosen epoch and member (students, the hybrid): extreme Hessian eigenva
 trace, spectral density, adaptive sharpness (average and worst case) and a filter-normalised random
 2D surface. Across members: interpolation curves between every pair of students and from each
 student to the hybrid, and a 2D surface on the plane through two students and the hybrid. Across
-epochs: a surface on the PCA plane of the students' trajectories. What each piece computes, and on
-which data, is in ``landscape.pipeline.steps``.
+epochs: a surface on the PCA plane of the students' trajectories. Each measure is a module of
+``landscape.measures``; this module plans the work of every registered measure and runs it.
 
-Work is split into pieces stored by ``ResultsStore``; a re-run computes only missing or changed
-pieces, and under ``torch.distributed`` the engines share each piece's work across ranks.
+Work is split into pieces (one result each) stored by ``ResultsStore``; a re-run computes only
+missing or changed pieces, and under ``torch.distributed`` the engines share each piece's work
+across ranks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from landscape.core.definitions import definition
 from landscape.core.distributed import broadcast, rank_and_world
 from landscape.core.errors import LandscapeError
 from landscape.core.progress import ProgressLines, progress
+from landscape.measures.base import Measure, PieceKey, Scope, Target
+from landscape.measures.registry import default_analyses, measures
+from landscape.measures.registry import get as get_measure
+from landscape.pipeline.context import AnalyzeSettings, Context
 from landscape.pipeline.runs import Run
-from landscape.pipeline.steps import (
-    ANALYSES,
-    DEFAULT_ANALYSES,
-    AnalyzeSettings,
-    Context,
-    curvature_record,
-    fit_record,
-    interpolation_record,
-    plane_record,
-    random_surface_record,
-    sharpness_record,
-    trajectory_record,
-)
 from landscape.pipeline.store import ResultsStore, fingerprint
 
 __all__ = [
-    "ANALYSES",
-    "DEFAULT_ANALYSES",
     "AnalysisOutcome",
     "AnalyzeSettings",
+    "WorkItem",
     "analyze_run",
+    "default_analyses",
+    "measure_one",
     "plan",
     "run_pieces",
     "select_epochs",
 ]
 
-PER_MEMBER = ("fit", "eigen", "trace", "density", "sharpness", "surface", "layers")
-# The settings each analysis depends on (besides samples, batch_size, seed and bn): a piece is
-# recomputed when one of these changes, and only then.
-DEPENDS_ON = {
-    "fit": (),
-    "eigen": ("k", "tol", "certify_top"),
-    "trace": ("trace_rtol",),
-    "layers": ("layer_depth", "tol", "trace_rtol"),
-    "density": ("density_runs", "density_steps"),
-    "sharpness": ("rho_average", "rho_worst", "sharpness_m"),
-    "surface": ("grid", "radius"),
-    "interp": ("alphas", "test_samples"),
-    "plane": ("grid",),
-    "trajectory": ("grid", "max_trajectory"),
-}
-
 
 @dataclass
-class Piece:
-    """One unit of work: a key in the store, what it depends on, and how to compute it."""
+class WorkItem:
+    """One result to compute or reuse: its measure and target, and the fingerprint of its
+    inputs (settings, measure definition, checkpoint files) under which the store keeps it."""
 
-    key: str
-    analysis: str
-    epoch: int | None
-    members: tuple[str, ...]
-    compute: Callable[[], dict[str, Any]]
+    measure: Measure
+    target: Target
+    fingerprint: str
+
+    @property
+    def key(self) -> PieceKey:
+        return self.target.key
+
+    @property
+    def path(self) -> str:
+        return self.target.key.path()
 
 
 def select_epochs(run: Run, spec: str) -> list[int]:
@@ -103,138 +85,135 @@ def select_epochs(run: Run, spec: str) -> list[int]:
 
 
 # ---- planning and running -----------------------------------------------------------------------
-def plan(ctx: Context, store: ResultsStore) -> list[tuple[Piece, str]]:
-    """Every piece of every analysis under these settings, with its fingerprint; the caller
-    computes those of the analyses asked for and reports every one the store holds."""
-    run, s = ctx.run, ctx.s
-    epochs = select_epochs(run, s.epochs)
-    values = s.to_dict()
-    pieces: list[tuple[Piece, str]] = []
+def targets(run: Run, settings: AnalyzeSettings, scope: Scope, name: str) -> list[Target]:
+    """What a measure of ``scope`` called ``name`` measures in ``run`` under ``settings``.
 
-    def add(piece: Piece, *parts: Any) -> None:
-        names = ("samples", "batch_size", "seed", "bn", *DEPENDS_ON[piece.analysis])
-        relevant = {k: values[k] for k in names}
-        measure = definition(piece.analysis)
-        pieces.append((piece, fingerprint(piece.key, relevant, measure, run.data, *parts)))
-
-    for epoch in epochs:
-        present = run.checkpoint(epoch).members
-        members = [m for m in (s.members or run.members) if m in present]
-        networks = [m for m in members if run.roles.get(m) != "hybrid"]
-        hybrids = [m for m in members if run.roles.get(m) == "hybrid"]
-        tag = f"epoch_{epoch:04d}"
-        for member in members:
-            digest = ctx.ckpt_digest(epoch, (member,))
-            for analysis in PER_MEMBER:
-                key = f"{tag}/{member}/{analysis}"
-                if analysis in ("eigen", "trace", "density", "layers"):
-                    fn = partial(curvature_record, ctx, epoch, member, analysis)
-                elif analysis == "sharpness":
-                    fn = partial(sharpness_record, ctx, epoch, member)
-                elif analysis == "fit":
-                    fn = partial(fit_record, ctx, epoch, member)
-                else:
-                    fn = partial(random_surface_record, ctx, epoch, member, store.partial_dir(key))
-                add(Piece(key, analysis, epoch, (member,), fn), digest)
-        pairs = list(itertools.combinations(networks, 2)) + [
-            (n, h) for h in hybrids for n in networks
-        ]
-        for a, b in pairs:
-            key = f"{tag}/interp/{a}--{b}"
-            add(
-                Piece(
-                    key,
-                    "interp",
-                    epoch,
-                    (a, b),
-                    partial(interpolation_record, ctx, epoch, a, b),
-                ),
-                ctx.ckpt_digest(epoch, (a, b)),
-            )
-        if len(networks) >= 2 and (hybrids or len(networks) >= 3):
-            trio = (networks[0], networks[1], hybrids[0] if hybrids else networks[2])
-            key = f"{tag}/plane/{'--'.join(trio)}"
-            add(
-                Piece(
-                    key,
-                    "plane",
-                    epoch,
-                    trio,
-                    partial(plane_record, ctx, epoch, trio, store.partial_dir(key)),
-                ),
-                ctx.ckpt_digest(epoch, trio),
-            )
-    if len(run.checkpoints) >= 3:
+    Member: every selected member at every chosen epoch. Pair: every two trained members (not
+    the hybrid), then each of them with the hybrid. Plane: two trained members and the hybrid
+    (or a third trained member). Run: the trained members present at every checkpoint up to the
+    last chosen epoch, centred on the hybrid when there is one.
+    """
+    out: list[Target] = []
+    chosen = settings.members or run.members
+    epochs = select_epochs(run, settings.epochs)
+    if scope is Scope.RUN:
+        if len(run.checkpoints) < 3:
+            return []
         last = epochs[-1]
-        traj_epochs = [c.epoch for c in run.checkpoints if c.epoch <= last]
+        spanned = [c.epoch for c in run.checkpoints if c.epoch <= last]
         networks = [
             m
-            for m in (s.members or run.networks)
-            if run.roles.get(m) != "hybrid"
-            and all(m in run.checkpoint(e).members for e in traj_epochs)
+            for m in (settings.members or run.networks)
+            if run.roles.get(m) != "hybrid" and all(m in run.checkpoint(e).members for e in spanned)
         ]
         centre = next(
             (
                 m
-                for m in (s.members or run.members)
+                for m in chosen
                 if run.roles.get(m) == "hybrid" and m in run.checkpoint(last).members
             ),
             networks[0] if networks else None,
         )
-        if networks and len(traj_epochs) >= 3:
-            key = f"trajectory/{'--'.join(networks)}"
-            digests = [ctx.ckpt_digest(e, tuple(networks)) for e in traj_epochs]
-            add(
-                Piece(
-                    key,
-                    "trajectory",
-                    last,
-                    tuple(networks),
-                    partial(
-                        trajectory_record,
-                        ctx,
-                        traj_epochs,
-                        networks,
-                        centre,
-                        store.partial_dir(key),
-                    ),
-                ),
-                digests,
-                centre,
-                ctx.ckpt_digest(last, (centre,)),
-            )
-    return pieces
+        if networks and len(spanned) >= 3:
+            key = PieceKey(name, scope, None, tuple(networks))
+            out.append(Target(key, tuple(spanned), centre))
+        return out
+    for epoch in epochs:
+        present = run.checkpoint(epoch).members
+        members = [m for m in chosen if m in present]
+        networks = [m for m in members if run.roles.get(m) != "hybrid"]
+        hybrids = [m for m in members if run.roles.get(m) == "hybrid"]
+        groups: list[tuple[str, ...]]
+        if scope is Scope.MEMBER:
+            groups = [(m,) for m in members]
+        elif scope is Scope.PAIR:
+            groups = list(itertools.combinations(networks, 2))
+            groups += [(n, h) for h in hybrids for n in networks]
+        elif len(networks) >= 2 and (hybrids or len(networks) >= 3):
+            groups = [(networks[0], networks[1], hybrids[0] if hybrids else networks[2])]
+        else:
+            groups = []
+        out += [Target(PieceKey(name, scope, epoch, g)) for g in groups]
+    return out
+
+
+def plan(ctx: Context, store: ResultsStore | None = None) -> list[WorkItem]:
+    """Every result of every registered measure under these settings, with its fingerprint;
+    the caller computes those of the analyses asked for and reports every one the store holds.
+
+    A fingerprint hashes the result's key, the settings it depends on (``Measure.inputs``), its
+    measure's definition, the run's data and the digests of the checkpoint files it reads.
+    """
+    run, values = ctx.run, ctx.settings.to_dict()
+    items = []
+    for measure in measures().values():
+        relevant = {k: values[k] for k in measure.inputs()}
+        for target in targets(run, ctx.settings, measure.scope, measure.name):
+            if measure.scope is Scope.RUN:
+                last = target.epoch
+                assert target.centre is not None
+                parts: tuple[Any, ...] = (
+                    [ctx.ckpt_digest(e, target.members) for e in target.epochs],
+                    target.centre,
+                    ctx.ckpt_digest(last, (target.centre,)),
+                )
+            else:
+                parts = (ctx.ckpt_digest(target.epoch, target.members),)
+            fp = fingerprint(target.key.path(), relevant, measure.definition, run.data, *parts)
+            items.append(WorkItem(measure, target, fp))
+    return items
+
+
+def compute(ctx: Context, item: WorkItem, store: ResultsStore | None = None) -> dict[str, Any]:
+    """The record of one work item (a long one keeps resumable chunks in ``store``)."""
+    workdir = store.partial_dir(item.path) if store is not None else None
+    settings = ctx.settings.for_measure(item.measure)
+    return item.measure.compute(ctx, item.target, settings, workdir)
+
+
+def measure_one(ctx: Context, name: str, epoch: int, *members: str) -> dict[str, Any]:
+    """One measure's record for ``members`` at ``epoch``, outside any results store (what
+    ``landscape hessian|interp|surface`` and the notebooks use): e.g.
+    ``measure_one(ctx, "interp", 30, "student_0", "hybrid")``."""
+    measure = get_measure(name)
+    target = Target(PieceKey(name, measure.scope, epoch, members))
+    return measure.compute(ctx, target, ctx.settings.for_measure(measure), None)
 
 
 def run_pieces(
-    pieces: list[tuple[Piece, str]], store: ResultsStore, show_progress: bool = True
+    ctx: Context, items: list[WorkItem], store: ResultsStore, show_progress: bool = True
 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """Compute what is missing; returns every piece's record and how many were computed now.
+    """Compute what is missing; returns every item's record by path and how many were
+    computed now.
 
-    Under torch.distributed every rank computes every missing piece (the engines split the work
-    inside it), rank 0 decides what is missing and alone writes to the store.
+    Under torch.distributed every rank computes every missing item (the engines split the work
+    inside it), rank 0 decides what is missing and alone writes to the store. Each record
+    computed now carries ``compute_seconds``, its wall-clock time.
     """
     records, computed = {}, 0
     rank, world = rank_and_world()
-    missing = [p.key for p, fp in pieces if store.get(p.key, fp) is None] if rank == 0 else None
-    missing = broadcast(missing, world)
-    todo = [(p, fp) for p, fp in pieces if p.key in set(missing)]
-    done = {p.key for p, _ in pieces} - set(missing)
-    for piece, fp in pieces:
-        if piece.key in done:
-            records[piece.key] = store.get(piece.key, fp)
+    missing = (
+        [i.path for i in items if store.get(i.path, i.fingerprint) is None] if rank == 0 else None
+    )
+    missing = set(broadcast(missing, world))
+    todo = [i for i in items if i.path in missing]
+    for item in items:
+        if item.path not in missing:
+            records[item.path] = store.get(item.path, item.fingerprint)
     lines = ProgressLines(len(todo), "piece", enable=show_progress)
-    lines.say(f"{len(todo)} of {len(pieces)} pieces to compute ({len(done)} stored)")
+    lines.say(f"{len(todo)} of {len(items)} pieces to compute ({len(items) - len(todo)} stored)")
     bar = progress(todo, desc="analyses", enable=show_progress)
-    for piece, fp in bar:
+    for item in bar:
         if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(piece.key)
-        record = piece.compute()
+            bar.set_postfix_str(item.path)
+        start = time.perf_counter()
+        record = compute(ctx, item, store)
+        record["compute_seconds"] = time.perf_counter() - start
         if rank == 0:
-            store.put(piece.key, fp, record)
-        records[piece.key] = record
+            store.put(item.path, item.fingerprint, record)
+        records[item.path] = record
         computed += 1
-        lines.step(piece.key)
+        lines.step(item.path)
     return records, computed
 
 
@@ -291,7 +270,7 @@ def analyze_run(
         stored = store.read_settings()
         if stored is None:
             raise LandscapeError(f"{out} holds no earlier analysis to resume (no settings.json)")
-        fields = {f.name for f in dataclasses.fields(AnalyzeSettings)}
+        fields = set(AnalyzeSettings().to_dict())  # a measure no longer installed is dropped
         values = {
             k: tuple(v) if isinstance(v, list) else v
             for k, v in stored["settings"].items()
@@ -309,12 +288,10 @@ def analyze_run(
         )
     ctx = Context(run, settings, show_progress)
     planned = plan(ctx, store)
-    pieces = [(p, fp) for p, fp in planned if p.analysis in settings.analyses]
+    items = [i for i in planned if i.measure.name in settings.analyses]
     # Fail on a checkpoint that does not fit its architecture, or whose weights are not finite,
     # before spending any compute.
-    for epoch, member in sorted(
-        {(p.epoch, m) for p, _ in pieces for m in p.members if p.epoch is not None}
-    ):
+    for epoch, member in sorted({(i.target.epoch, m) for i in items for m in i.target.members}):
         state = ctx.state(epoch, member)
         bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
         if bad:
@@ -335,14 +312,15 @@ def analyze_run(
                     "data": data,
                 }
             )
-        records, computed = run_pieces(pieces, store, show_progress and rank == 0)
+        records, computed = run_pieces(ctx, items, store, show_progress and rank == 0)
         # The report shows every result the store holds for these settings, not only the
         # analyses asked for this time (a subset re-run must not hide earlier results).
-        extra = [(p, fp) for p, fp in planned if p.key not in records]
-        held = {p.key: r for p, fp in extra if (r := store.get(p.key, fp)) is not None}
-        records = {**records, **held}
-        pieces = pieces + [(p, fp) for p, fp in extra if p.key in held]
-        files = {p.key: store.data_file(p.key) for p, _ in pieces}
+        for item in planned:
+            if item.path not in records:
+                held = store.get(item.path, item.fingerprint)
+                if held is not None:
+                    records[item.path] = held
+        files = {path: store.data_file(path) for path in records}
         summary = build_summary(run, settings.to_dict(), records, files, computed)
         report, message = (
             write_outputs(summary, out, formats, self_contained) if rank == 0 else (None, None)

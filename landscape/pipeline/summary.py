@@ -1,7 +1,8 @@
 """From stored piece records to ``summary.json``, figure files, the HTML report and the stdout table.
 
-Which figures a summary gets, and in which report sections, is decided in
-:mod:`landscape.report.sections`; this module only writes them.
+Each registered measure says what its records add to ``summary.json`` (``Measure.summarise``);
+which figures a summary gets, and in which report sections, is decided in
+:mod:`landscape.pipeline.sections`; this module only writes them.
 """
 
 from __future__ import annotations
@@ -11,54 +12,49 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from landscape.measures.base import PieceKey, Scope
+from landscape.measures.registry import measures
 from landscape.pipeline.runs import Run
+from landscape.pipeline.sections import build_sections
 from landscape.pipeline.store import atomic_write_json
 from landscape.report.html import ExportUnavailable, export_figures, write_report
-from landscape.report.sections import build_sections
 from okdph.run import RunDir, atomic_write_bytes
 
 
-def _epoch_of(key: str) -> int | None:
-    head = key.split("/", 1)[0]
-    return int(head.removeprefix("epoch_")) if head.startswith("epoch_") else None
+def _records_by_measure(
+    records: Mapping[str, Any],
+) -> dict[str, dict[PieceKey, Mapping[str, Any]]]:
+    """Records of registered measures, grouped ``{measure: {key: record}}`` (keys of measures
+    no longer installed are left out)."""
+    known = measures()
+    out: dict[str, dict[PieceKey, Mapping[str, Any]]] = {name: {} for name in known}
+    for path, rec in records.items():
+        key = PieceKey.parse(path)
+        if key.measure in known:
+            out[key.measure][key] = rec
+    return out
 
 
 def flatness_rows(run: Run, epoch: int, records: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per member at ``epoch`` (plus the logit ensemble's accuracy when logged)."""
-    tag = f"epoch_{epoch:04d}"
+    """One row per member at ``epoch``: every member-scope measure's summary fields and its
+    ``<measure>_seconds`` (plus the logit ensemble's accuracy when logged)."""
     metrics = run.checkpoint(epoch).metrics
-    members = sorted(
-        {
-            k.split("/")[1]
-            for k in records
-            if k.startswith(tag + "/") and k.split("/")[1] not in ("interp", "plane")
-        },
-        key=lambda m: (run.roles.get(m) == "hybrid", m),
-    )
+    grouped = _records_by_measure(records)
+    per_member: dict[str, dict[str, Any]] = {}
+    for name, measure in measures().items():
+        if measure.scope is not Scope.MEMBER or measure.summary_group is not None:
+            continue
+        for key, rec in grouped[name].items():
+            if key.epoch != epoch:
+                continue
+            row = per_member.setdefault(key.member, {})
+            row.update(measure.summarise(rec))
+            if isinstance(rec.get("compute_seconds"), (int, float)):
+                row[f"{name}_seconds"] = rec["compute_seconds"]
+    members = sorted(per_member, key=lambda m: (run.roles.get(m) == "hybrid", m))
     rows = []
     for m in members:
-        row: dict[str, Any] = {"member": m, "role": run.roles.get(m, "network")}
-        eig = records.get(f"{tag}/{m}/eigen")
-        if eig:
-            row["lambda_max"], row["lambda_min"] = max(eig["values"]), min(eig["values"])
-            row["eigen_converged"] = all(eig["converged"])
-            if eig.get("search"):
-                row["eigen_search_added"] = eig["added"]
-        fit = records.get(f"{tag}/{m}/fit")
-        if fit:
-            row["train_acc"], row["full_train_loss"] = (
-                fit["train"]["accuracy"],
-                fit["train"]["loss"],
-            )
-            row["test_loss"] = fit["test"]["loss"]
-            row["gap_loss"], row["gap_accuracy"] = fit["gap_loss"], fit["gap_accuracy"]
-            row["weight_norm"] = fit["weight_norm"]
-        tr = records.get(f"{tag}/{m}/trace")
-        if tr:
-            row["trace"], row["trace_stderr"] = tr["value"], tr["stderr"]
-        sh = records.get(f"{tag}/{m}/sharpness")
-        if sh:
-            row.update(sharpness_columns(sh))
+        row: dict[str, Any] = {"member": m, "role": run.roles.get(m, "network"), **per_member[m]}
         if f"{m}/test_acc" in metrics:
             row["test_acc"] = metrics[f"{m}/test_acc"]
         rows.append(row)
@@ -67,30 +63,6 @@ def flatness_rows(run: Run, epoch: int, records: Mapping[str, Any]) -> list[dict
             {"member": "ensemble", "role": "ensemble", "test_acc": metrics["ensemble/test_acc"]}
         )
     return rows
-
-
-def sharpness_columns(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Headline sharpness (each grid's largest radius) and the per-radius values of a record.
-
-    Keys: ``sharpness_worst`` (m-sharpness), ``sharpness_worst_full`` (whole subset),
-    ``sharpness_average`` and its ``_stderr``; ``..._by_rho``: ``{rho: value}``;
-    ``sharpness_plateaued``: every worst-case ascent had plateaued.
-    """
-    out: dict[str, Any] = {}
-    for name in ("worst", "worst_full", "average"):
-        results = record.get(name) or []
-        if not results:
-            continue
-        top = max(results, key=lambda r: r["rho"])
-        out[f"sharpness_{name}"] = top["value"]
-        out[f"sharpness_{name}_by_rho"] = {str(r["rho"]): r["value"] for r in results}
-        if name == "average":
-            out["sharpness_average_stderr"] = top["stderr"]
-            out["train_loss"] = top["clean_loss"]
-    worst = [r for n in ("worst", "worst_full") for r in record.get(n) or []]
-    if worst:
-        out["sharpness_plateaued"] = all(r["plateaued"] for r in worst)
-    return out
 
 
 TRACKED = ("lambda_max", "lambda_max_bound", "threshold", "trace", "trace_stderr", "converged")
@@ -131,32 +103,15 @@ def build_summary(
     computed: int,
 ) -> dict[str, Any]:
     """Every number of the analysis in one JSON-ready dict."""
-    epochs = sorted({e for e in (_epoch_of(k) for k in records) if e is not None})
-    curves = {}
-    for key, rec in records.items():
-        if "/interp/" in key:
-            curves[key] = {
-                "start": rec["start"],
-                "end": rec["end"],
-                "barrier_train": rec["barrier"]["train"],
-                "barrier_test": rec["barrier"]["test"],
-                "error_barrier_train": rec["error_barrier"]["train"],
-                "error_barrier_test": rec["error_barrier"]["test"],
-                "definition": rec["detail"]["train"]["definition"],
-            }
-    surfaces = {}
-    for key, rec in records.items():
-        if "x" in rec and "train" in rec:
-            detail = rec.get("detail", {})
-            surfaces[key] = {
-                "title": rec["title"],
-                "axes": rec["axes"],
-                "grid": [len(rec["x"]), len(rec["y"])],
-                "center_loss": detail.get("center_loss"),
-                "n_nonfinite": detail.get("n_nonfinite"),
-                "bn": detail.get("bn"),
-                "directions": detail.get("directions", {}).get("kind"),
-            }
+    epochs = sorted({k.epoch for k in map(PieceKey.parse, records) if k.epoch is not None})
+    groups: dict[str, dict[str, Any]] = {"curves": {}, "surfaces": {}}
+    for name, by_key in _records_by_measure(records).items():
+        measure = measures()[name]
+        group = measure.summary_group or ("curves" if measure.scope is Scope.PAIR else None)
+        if group is None:
+            continue
+        for key, rec in by_key.items():
+            groups.setdefault(group, {})[key.path()] = measure.summarise(rec)
     return {
         "run": {
             "path": str(run.path),
@@ -175,8 +130,7 @@ def build_summary(
         },
         "epochs": epochs,
         "flatness": {str(e): flatness_rows(run, e, records) for e in epochs},
-        "curves": curves,
-        "surfaces": surfaces,
+        **groups,
         "tracking": tracking_series(run),
         "records": dict(records),
         "files": dict(files),

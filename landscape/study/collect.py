@@ -8,36 +8,27 @@ analysed with the same settings and measure definitions, so like is compared wit
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from landscape.core.errors import LandscapeError
+from landscape.measures.base import Field, PieceKey, Scope, is_number
+from landscape.measures.registry import measures
 
 # Settings that may differ between runs without making their numbers incomparable.
 IGNORED_SETTINGS = {"members", "analyses", "device", "epochs", "lanczos_basis"}
-#: measure -> (compared on the log scale, invariant to rescaling a layer's filters)
-MEASURES: dict[str, tuple[bool, bool]] = {
-    "test_acc": (False, True),
-    "gap_accuracy": (False, True),
-    "gap_loss": (False, True),
-    "lambda_max": (True, False),
-    "trace": (True, False),
-    "sharpness_worst": (True, True),
-    "sharpness_worst_full": (True, True),
-    "sharpness_average": (True, True),
-    "barrier_students": (False, True),
-    "barrier_hybrid": (False, True),
-    "train_acc": (False, True),
-    "train_loss": (False, True),
-    "weight_norm": (False, False),
-}
-# The summary row key of each measure: its own name, but for the curves' barriers (gathered from
-# the curves) and the whole-train-split loss.
-_ROW_KEYS = {m: m for m in MEASURES if not m.startswith("barrier_")} | {
-    "train_loss": "full_train_loss"
-}
+#: The test accuracy logged by okdph at the checkpoint: the one gathered number no measure makes.
+TEST_ACCURACY = Field("test_acc", compare=True, invariant=True, strip=True)
+
+
+def compare_fields() -> dict[str, Field]:
+    """Every number ``landscape compare`` gathers, by name: the logged test accuracy, then the
+    ``compare`` fields of every registered measure in registry order."""
+    out = {TEST_ACCURACY.name: TEST_ACCURACY}
+    for measure in measures().values():
+        out.update({f.name: f for f in measure.fields if f.compare})
+    return out
 
 
 @dataclass(frozen=True)
@@ -99,25 +90,10 @@ def load_run(path: Path, label: str | None = None) -> RunRecord:
         else:
             arch = info.get("members", {}).get(member, {}).get("arch")
             kinds[member] = "students" if arch in (None, base_arch) else "pruned"
-        values[member] = {m: float(row[k]) for m, k in _ROW_KEYS.items() if _number(row.get(k))}
-    for key, curve in summary.get("curves", {}).items():
-        if not key.startswith(f"epoch_{epoch:04d}/"):
-            continue
-        a, b = key.rsplit("/", 1)[1].split("--")
-        pair_kinds = (kinds.get(a), kinds.get(b))
-        if "average" in pair_kinds:  # a student and its own average: neither barrier
-            continue
-        measure = "barrier_hybrid" if "hybrid" in pair_kinds else "barrier_students"
-        for member in (a, b):
-            if kinds.get(member) in ("students", "pruned"):
-                values.setdefault(member, {}).setdefault(f"_{measure}", []).append(  # type: ignore[arg-type]
-                    curve["barrier_train"]
-                )
-    for vals in values.values():
-        for measure in ("barrier_students", "barrier_hybrid"):
-            found = vals.pop(f"_{measure}", None)
-            if found:
-                vals[measure] = float(sum(found) / len(found))
+        values[member] = (
+            {"test_acc": float(row["test_acc"])} if is_number(row.get("test_acc")) else {}
+        )
+    _gather_measures(summary, epoch, kinds, values)
     settings = {k: v for k, v in summary["settings"].items() if k not in IGNORED_SETTINGS}
     definitions = {}
     for rec in summary["records"].values():
@@ -140,8 +116,28 @@ def load_run(path: Path, label: str | None = None) -> RunRecord:
     )
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _gather_measures(
+    summary: dict[str, Any],
+    epoch: int,
+    kinds: dict[str, str],
+    values: dict[str, dict[str, float]],
+) -> None:
+    """Add each registered measure's compare fields at ``epoch`` to ``values`` (per member):
+    member-scope fields from the members' rows, the others from the entries the measure
+    wrote to summary.json (curves, ...) through ``Measure.run_values``."""
+    rows = {row["member"]: row for row in summary["flatness"][str(epoch)]}
+    for name, measure in measures().items():
+        if measure.scope is Scope.MEMBER:
+            entries = {PieceKey(name, Scope.MEMBER, epoch, (m,)): row for m, row in rows.items()}
+        else:
+            group = summary.get(measure.summary_group or "curves", {})
+            entries = {
+                key: entry
+                for key, entry in ((PieceKey.parse(k), e) for k, e in group.items())
+                if key.measure == name and key.epoch == epoch
+            }
+        for member, found in measure.run_values(entries, kinds).items():
+            values.setdefault(member, {}).update(found)
 
 
 def _definitions(rec: dict[str, Any]) -> list[str]:
@@ -180,7 +176,7 @@ def run_means(run: RunRecord, kind: str) -> dict[str, float]:
     """Each measure averaged over the run's members of ``kind`` (the run is the unit)."""
     members = [m for m, k in run.kinds.items() if k == kind]
     out = {}
-    for measure in MEASURES:
+    for measure in compare_fields():
         vals = [run.values[m][measure] for m in members if measure in run.values.get(m, {})]
         if vals:
             out[measure] = sum(vals) / len(vals)

@@ -23,22 +23,11 @@ from typing import Any
 
 from landscape.core.errors import LandscapeError
 from landscape.study import stats
-from landscape.study.collect import MEASURES, RunRecord, check_comparable, run_means
+from landscape.study.collect import RunRecord, check_comparable, compare_fields, run_means
 
 KINDS = ("students", "pruned", "hybrid", "average", "ensemble")
 PRIMARY_MEASURES = ("lambda_max", "trace", "sharpness_worst")
-CONTRAST_MEASURES = (
-    "test_acc",
-    "gap_accuracy",
-    "gap_loss",
-    "lambda_max",
-    "trace",
-    "sharpness_worst",
-    "sharpness_worst_full",
-    "sharpness_average",
-    "barrier_students",
-)
-FLATNESS = ("lambda_max", "trace", "sharpness_worst", "sharpness_average", "barrier_students")
+#: What flatness is meant to predict: the targets of the rank correlations.
 TARGETS = ("gap_accuracy", "gap_loss", "test_acc")
 # Smallest effects worth reporting: a ratio for positive measures, a difference otherwise.
 DEFAULT_RELEVANCE = {"log": 1.10, "test_acc": 0.01, "gap_accuracy": 0.01, "default": 0.05}
@@ -48,7 +37,7 @@ def relevance(measure: str, declared: dict[str, float]) -> float:
     """The declared relevance threshold of ``measure`` (study.json ``relevance``) or ours."""
     if measure in declared:
         return float(declared[measure])
-    if MEASURES[measure][0]:
+    if compare_fields()[measure].log:
         return DEFAULT_RELEVANCE["log"]
     return DEFAULT_RELEVANCE.get(measure, DEFAULT_RELEVANCE["default"])
 
@@ -69,17 +58,18 @@ def compare_runs(
     reference = reference or next((m for m in methods if m.startswith("okdph")), methods[0])
     if reference not in methods:
         raise LandscapeError(f"reference method {reference!r} is not among {', '.join(methods)}")
+    fields = compare_fields()
     means = {(r.method, r.seed, kind): run_means(r, kind) for r in runs for kind in KINDS}
     table: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
     for method in methods:
         for kind in KINDS:
-            for measure, (log, _) in MEASURES.items():
+            for measure, f in fields.items():
                 vals = [
                     means[(r.method, r.seed, kind)].get(measure) for r in runs if r.method == method
                 ]
                 vals = [v for v in vals if v is not None]
                 if vals:
-                    table[method][kind][measure] = asdict(stats.describe(vals, log=log))
+                    table[method][kind][measure] = asdict(stats.describe(vals, log=f.log))
     primary = study.get("primary", {})
     primary_measures = tuple(primary.get("measures", PRIMARY_MEASURES))
     declared = study.get("relevance", {})
@@ -92,10 +82,10 @@ def compare_runs(
         # The reference's students against the other's students and, for a flat-minima control
         # whose product is an averaged member (SWA, EMA), against that member (exploratory).
         for kind in ("students", "average"):
-            for measure in CONTRAST_MEASURES:
+            for measure in (name for name, f in fields.items() if f.contrast):
                 a = _by_seed(runs, means, reference, measure)
                 b = _by_seed(runs, means, other, measure, kind)
-                c = stats.paired_contrast(a, b, log=MEASURES[measure][0])
+                c = stats.paired_contrast(a, b, log=fields[measure].log)
                 if c.n == 0:
                     continue
                 primary_pair = kind == "students" and (
@@ -138,7 +128,7 @@ def compare_runs(
         "verdicts": [c["verdict"] for c in contrasts if c["family"] == "primary"]
         + [c["verdict"] for c in contrasts if c["family"] != "primary"],
         "caveats": caveats,
-        "invariant_to_rescaling": {m: inv for m, (_, inv) in MEASURES.items()},
+        "invariant_to_rescaling": {m: f.invariant for m, f in fields.items()},
         "settings": runs[0].settings,
         "definitions": runs[0].definitions,
     }
@@ -240,7 +230,8 @@ def _correlations(runs: list[RunRecord], means: dict, max_train_error: float) ->
         if 1 - means[(r.method, r.seed, "students")].get("train_acc", 0.0) <= max_train_error
     ]
     out = []
-    for measure in FLATNESS:
+    flatness = [name for name, f in compare_fields().items() if f.correlate]
+    for measure in flatness:
         for target in TARGETS:
             pairs = [(m[measure], m[target]) for m in kept if measure in m and target in m]
             if not pairs:

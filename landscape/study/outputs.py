@@ -15,18 +15,8 @@ from plotly.subplots import make_subplots
 
 from landscape.report.figures import PALETTE
 from landscape.report.html import ExportUnavailable, export_figures, write_report
-from landscape.study.collect import MEASURES, RunRecord, run_means
+from landscape.study.collect import RunRecord, compare_fields, run_means
 from okdph.run import atomic_write_bytes
-
-STRIP_MEASURES = (
-    "test_acc",
-    "gap_accuracy",
-    "lambda_max",
-    "trace",
-    "sharpness_worst",
-    "sharpness_average",
-    "barrier_students",
-)
 
 
 def tidy_rows(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
@@ -63,10 +53,12 @@ def _json_safe(value: Any) -> Any:
 def strip_figure(result: dict[str, Any], runs: Sequence[RunRecord]) -> go.Figure:
     """Each measure per method: one point per run (its students' mean), the mean and its 95%
     interval beside them (log axes for positive measures)."""
+    fields = compare_fields()
     measures = [
         m
-        for m in STRIP_MEASURES
-        if any(m in result["methods"][meth].get("students", {}) for meth in result["methods"])
+        for m, f in fields.items()
+        if f.strip
+        and any(m in result["methods"][meth].get("students", {}) for meth in result["methods"])
     ]
     cols = 3
     rows = max(1, math.ceil(len(measures) / cols))
@@ -118,7 +110,7 @@ def strip_figure(result: dict[str, Any], runs: Sequence[RunRecord]) -> go.Figure
                     row=row,
                     col=col,
                 )
-        if MEASURES[measure][0]:
+        if fields[measure].log:
             fig.update_yaxes(type="log", row=row, col=col)
     fig.update_layout(
         title="Students' measures per method (points: runs; bars: 95% interval)",

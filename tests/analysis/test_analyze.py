@@ -9,7 +9,8 @@ import torch
 from analysis_cases import fast_settings
 
 from landscape.cli import main
-from landscape.pipeline.analyze import ANALYSES, DEFAULT_ANALYSES, analyze_run
+from landscape.measures.registry import default_analyses, measures
+from landscape.pipeline.analyze import analyze_run
 
 CLI_FAST = ["--samples", "64", "--no-progress"]
 
@@ -56,7 +57,7 @@ def test_full_suite_on_our_layout(tiny_run):
 
 def _own_loss(run_dir, member):
     from landscape.pipeline.runs import open_run
-    from landscape.pipeline.steps import Context
+    from landscape.pipeline.context import Context
 
     ctx = Context(open_run(run_dir), fast_settings(), show_progress=False)
     model = ctx.model(2, member)
@@ -69,27 +70,31 @@ def _own_loss(run_dir, member):
 
 
 def test_rerun_and_resume_compute_nothing_twice(tiny_run, monkeypatch):
-    import landscape.pipeline.analyze as analyze
+    from landscape.measures.registry import get
 
+    interp = get("interp")
     calls = []
-    original = analyze.interpolation_record
+    original = type(interp).compute
 
-    def counting(ctx, epoch, a, b):
-        calls.append((a, b))
+    def counting(self, ctx, target, settings, workdir):
+        calls.append(target.members)
         if len(calls) == 2:
             raise KeyboardInterrupt  # killed in the middle of the second curve
-        return original(ctx, epoch, a, b)
+        return original(self, ctx, target, settings, workdir)
 
-    monkeypatch.setattr(analyze, "interpolation_record", counting)
+    monkeypatch.setattr(type(interp), "compute", counting)
     settings = fast_settings(analyses=("interp", "eigen"))
     with pytest.raises(KeyboardInterrupt):
         analyze_run(tiny_run, settings, show_progress=False)
     stored = sorted(p.name for p in (tiny_run / "analysis" / "data").rglob("*.json"))
     assert stored  # the pieces finished before the interruption are on disk
-    monkeypatch.setattr(analyze, "interpolation_record", original)
     calls.clear()
     monkeypatch.setattr(
-        analyze, "interpolation_record", lambda *a: calls.append(a[2:]) or original(*a)
+        type(interp),
+        "compute",
+        lambda self, ctx, target, *a: (
+            calls.append(target.members) or original(self, ctx, target, *a)
+        ),
     )
     outcome = analyze_run(tiny_run, resume=True, show_progress=False)
     assert outcome.computed == 6 - len(stored)  # 3 eigen + 3 curves, minus the stored ones
@@ -101,9 +106,7 @@ def test_rerun_and_resume_compute_nothing_twice(tiny_run, monkeypatch):
     )
     assert changed.computed == 3  # only the eigenvalue pieces depend on k
     # A new definition of a measure recomputes its stored pieces, and only those.
-    from landscape.core import definitions
-
-    monkeypatch.setitem(definitions.DEFINITIONS, "interp", "barrier/999: a test definition")
+    monkeypatch.setattr(interp, "definition", "barrier/999: a test definition")
     redefined = analyze_run(
         tiny_run, fast_settings(analyses=("interp", "eigen"), k=3), show_progress=False
     )
@@ -251,7 +254,7 @@ def test_single_analyses_print_json(tiny_run, capsys):
 
 
 def test_analyses_list_is_complete():
-    assert set(DEFAULT_ANALYSES) == {
+    assert set(default_analyses()) == {
         "fit",
         "eigen",
         "trace",
@@ -262,7 +265,7 @@ def test_analyses_list_is_complete():
         "surface",
         "trajectory",
     }
-    assert set(ANALYSES) == {*DEFAULT_ANALYSES, "layers"}
+    assert set(measures()) == {*default_analyses(), "layers"}
 
 
 def test_per_layer_curvature_and_sharpness_grids_reach_summary_and_report(tiny_run, capsys):
@@ -302,7 +305,7 @@ def test_per_layer_curvature_and_sharpness_grids_reach_summary_and_report(tiny_r
     with pytest.raises(SystemExit) as bad:
         main(["analyze", str(tiny_run), "--rho-worst", "0.1,x", *CLI_FAST])
     assert bad.value.code == 2
-    assert "radii" in capsys.readouterr().err
+    assert "numbers like 0.1,0.5" in capsys.readouterr().err
 
 
 def test_non_finite_weights_are_refused_in_one_sentence(tiny_run, capsys):
