@@ -15,7 +15,8 @@ STUDY_METHODS ?= independent,dml,okdph,okdph:mode=code
 # Analysis settings of the CPU study (about 60 minutes on 2 cores in all, training included).
 STUDY_ANALYSES ?= fit,eigen,trace,sharpness,interp
 
-.PHONY: venv demo train-demo test test-fast notebooks lint bench clean study
+.PHONY: venv demo train-demo test test-fast notebooks lint typecheck bench clean study \
+	study-independent-init study-simplex
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,24 @@ study: $(CORE_STAMP)
 	$(BIN)/landscape analyze $(STUDY) --analyses $(STUDY_ANALYSES) --k 1 --no-progress
 	$(BIN)/landscape compare $(STUDY)
 
+## Students initialised independently: their barriers before and after weight matching
+## (Entezari et al.'s conjecture on our methods), and every run's path on one PCA plane.
+STUDY_INIT ?= runs/study-independent-init
+study-independent-init: $(CORE_STAMP)
+	$(BIN)/okdph sweep --preset mnist1d --methods independent,dml,okdph --seeds $(STUDY_SEEDS) \
+		--set init=independent --out $(STUDY_INIT) --no-progress
+	$(BIN)/landscape analyze $(STUDY_INIT) --analyses fit,interp --align weights --no-progress
+	$(BIN)/landscape compare $(STUDY_INIT)
+	$(BIN)/landscape trajectories $(STUDY_INIT) --no-progress
+
+## Three students per run: the loss over each run's students' simplex, compared across methods.
+STUDY_SIMPLEX ?= runs/study-simplex
+study-simplex: $(CORE_STAMP)
+	$(BIN)/okdph sweep --preset mnist1d --methods independent,dml,kdcl,okdph --seeds $(STUDY_SEEDS) \
+		--set num_students=3 --out $(STUDY_SIMPLEX) --no-progress
+	$(BIN)/landscape analyze $(STUDY_SIMPLEX) --analyses fit,interp,simplex --no-progress
+	$(BIN)/landscape compare $(STUDY_SIMPLEX)
+
 ## Every test, slow end-to-end ones and the notebooks included.
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests
@@ -54,9 +73,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow" tests
 
+## Lint, formatting and type checks (mypy reads its settings from pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check okdph landscape tests analyses
 	$(BIN)/ruff format --check okdph landscape tests analyses
+	$(BIN)/mypy
+
+## The type check alone.
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 ## Benchmarks against the other tools (installs the comparison extras).
 bench: $(STAMP)

@@ -15,6 +15,8 @@ EXAMPLES = """examples:
   landscape analyze runs/demo --resume             # finish an interrupted analysis
   landscape analyze runs/study                     # every run of an `okdph sweep` study
   landscape compare runs/study                     # statistics over its runs -> runs/study/compare/
+  landscape trajectories runs/study                # every run's paths on one PCA plane
+  landscape validate runs/study                    # which measure predicts the gap -> runs/study/validate/
   landscape hessian runs/demo --member hybrid --json
   landscape interp runs/demo --start student_0 --end hybrid --json
   landscape surface runs/demo --member student_0 --grid 11 --json
@@ -67,7 +69,7 @@ def _add_measure_options(p: argparse.ArgumentParser) -> None:
     default, with the help text of the settings dataclass."""
     import dataclasses
 
-    from landscape.measures.registry import measures
+    from landscape.measures.registry import measures, option_defaults
 
     group = p.add_argument_group("measure settings")
     seen: set[str] = set()
@@ -76,7 +78,7 @@ def _add_measure_options(p: argparse.ArgumentParser) -> None:
             if f.name in seen:
                 continue
             seen.add(f.name)
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = option_defaults([measure])[f.name]
             group.add_argument(
                 "--" + f.name.replace("_", "-"),
                 dest=f.name,
@@ -179,9 +181,64 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--self-contained", action="store_true", help="inline plotly.js in the report")
     c.set_defaults(handler=cmd_compare)
 
+    v = sub.add_parser(
+        "validate",
+        help="which flatness measure predicts generalisation over a study's hyperparameter grid",
+    )
+    v.add_argument(
+        "study", type=Path, help="a study directory from `okdph sweep --vary ...`, analysed"
+    )
+    v.add_argument("--out", type=Path, help="output folder (default STUDY/validate)")
+    v.add_argument(
+        "--max-train-error",
+        type=float,
+        default=0.01,
+        help="runs that fit their training set, for the second tau (default %(default)s)",
+    )
+    v.add_argument(
+        "--bootstrap",
+        type=int,
+        default=2000,
+        help="bootstrap resamples of configurations for tau's interval (default %(default)s)",
+    )
+    v.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    v.add_argument("--formats", default="html,json", help="html,json,png,svg,pdf")
+    v.add_argument("--self-contained", action="store_true", help="inline plotly.js in the report")
+    v.set_defaults(handler=cmd_validate)
+
+    t = sub.add_parser(
+        "trajectories",
+        help="several runs' training paths on one joint PCA plane, with the loss on it",
+    )
+    t.add_argument("paths", nargs="+", type=Path, help="run directories, or a study directory")
+    t.add_argument(
+        "--out", type=Path, help="output folder (default STUDY/trajectories or ./trajectories)"
+    )
+    t.add_argument("--grid", type=int, default=21, help="points per axis (odd; default 21)")
+    t.add_argument(
+        "--max-trajectory",
+        type=int,
+        default=40,
+        help="checkpoints per member, evenly spaced (default %(default)s)",
+    )
+    t.add_argument("--samples", type=int, default=512, help="training samples (default 512)")
+    t.add_argument("--test-samples", type=int, help="test samples (default: --samples)")
+    t.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
+    t.add_argument("--seed", type=int, default=0, help="seed of the data subsets")
+    t.add_argument(
+        "--bn", default="recalibrate", choices=["recalibrate", "keep"], help="BatchNorm policy"
+    )
+    t.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+    t.add_argument("--self-contained", action="store_true", help="inline plotly.js in the report")
+    t.add_argument(
+        "--formats", default="html,json", help="html,json,png,svg,pdf (static export: Chromium)"
+    )
+    t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    t.set_defaults(handler=cmd_trajectories)
+
     h = sub.add_parser("hessian", help="extreme eigenvalues, trace and density of one member")
     _add_run_options(h)
-    h.add_argument("--epoch", default="last")
+    h.add_argument("--epoch", default="last", help="last (default) or an epoch number")
     h.add_argument("--member", default=None, help="default: the first member")
     h.add_argument("--k", type=int, default=5)
     h.add_argument("--which", default="both", choices=["largest", "smallest", "both"])
@@ -193,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("interp", help="loss and accuracy on the line between two members")
     _add_run_options(i)
-    i.add_argument("--epoch", default="last")
+    i.add_argument("--epoch", default="last", help="last (default) or an epoch number")
     i.add_argument("--start", required=True)
     i.add_argument("--end", required=True)
     i.add_argument("--points", type=int, default=31)
@@ -202,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("surface", help="a filter-normalised random 2D surface around one member")
     _add_run_options(s)
-    s.add_argument("--epoch", default="last")
+    s.add_argument("--epoch", default="last", help="last (default) or an epoch number")
     s.add_argument("--member", default=None)
     s.add_argument("--grid", type=int, default=11)
     s.add_argument("--radius", type=float, default=1.0)
@@ -277,6 +334,56 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from landscape.study.validate_outputs import validate_study, write_validate
+
+    result = validate_study(
+        args.study,
+        max_train_error=args.max_train_error,
+        n_resamples=args.bootstrap,
+        seed=args.seed,
+    )
+    out = args.out or args.study / "validate"
+    formats = tuple(f for f in args.formats.split(",") if f)
+    _, note = write_validate(result, out, formats, args.self_contained)
+    print(result["paragraph"])
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"results: {out}")
+    return 0
+
+
+def cmd_trajectories(args: argparse.Namespace) -> int:
+    from landscape.pipeline.context import AnalyzeSettings
+    from landscape.pipeline.trajectories import joint_trajectories, write_trajectories
+
+    settings = AnalyzeSettings(
+        samples=args.samples,
+        test_samples=args.test_samples or args.samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        bn=args.bn,
+        device=args.device,
+        grid=args.grid,
+        max_trajectory=args.max_trajectory,
+    )
+    settings.validate()
+    result = joint_trajectories(args.paths, settings, show_progress=not args.no_progress)
+    single_study = len(args.paths) == 1 and (args.paths[0] / "study.json").exists()
+    out = args.out or (args.paths[0] / "trajectories" if single_study else Path("trajectories"))
+    formats = tuple(f for f in args.formats.split(",") if f)
+    report, note = write_trajectories(result, out, args.self_contained, formats)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    ratio = result["explained_variance_ratio"]
+    print(
+        f"{len(result['paths'])} paths from {len(result['runs'])} runs; PC 1 and PC 2 explain "
+        f"{ratio[0]:.1%} and {ratio[1]:.1%} of their variance"
+    )
+    print(f"report: {report}")
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     if (args.run_dir / "study.json").exists():
         return _analyze_study(args)
@@ -310,7 +417,7 @@ def _analyze_study(args: argparse.Namespace) -> int:
 
 def _analyze_one(args: argparse.Namespace) -> int:
     from landscape.pipeline.analyze import analyze_run
-    from landscape.pipeline.summary import stdout_table
+    from landscape.pipeline.summary import costliest, stdout_table
 
     if init_distributed() != 0:  # other ranks compute their share and stay quiet
         args.no_progress = True
@@ -344,6 +451,9 @@ def _analyze_one(args: argparse.Namespace) -> int:
         return 0  # not rank 0 under torchrun: rank 0 reports
     print(stdout_table(outcome.summary))
     print(f"pieces: {outcome.summary['pieces']} ({outcome.computed} computed now)")
+    slowest = costliest(outcome.summary)
+    if slowest:
+        print("slowest: " + ", ".join(f"{path} {seconds:.1f} s" for path, seconds in slowest))
     if outcome.export_message:
         print(f"note: {outcome.export_message}", file=sys.stderr)
     print(f"results: {outcome.out}")

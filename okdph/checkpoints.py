@@ -10,19 +10,19 @@ from okdph.session import Session
 
 
 def save_checkpoint(
-    run: RunDir, s: Session, epoch: int, step: int, metrics: dict[str, float]
+    run: RunDir, session: Session, epoch: int, step: int, metrics: dict[str, float]
 ) -> None:
     """Save every member, the method's extra state, optimiser and schedule as epoch ``epoch``'s
     checkpoint of ``run`` (atomically; its sidecar JSON holds the step, members and metrics)."""
-    states = s.method.checkpoint_states()
+    states = session.method.checkpoint_states()
     payload = {
         "step": step,
         "models": states,
-        "method_state": s.method.extra_state(),
-        "optimizer": s.optimizer.state_dict(),
-        "scheduler": s.scheduler.state_dict(),
+        "method_state": session.method.extra_state(),
+        "optimizer": session.optimizer.state_dict(),
+        "scheduler": session.scheduler.state_dict(),
         "metrics": metrics,
-        "config": s.cfg.to_dict(),
+        "config": session.cfg.to_dict(),
     }
     run.save_checkpoint(epoch, payload, {"step": step, "members": list(states), "metrics": metrics})
 
@@ -40,19 +40,19 @@ def prune_checkpoints(run: RunDir, keep_every: int) -> list[int]:
     return removed
 
 
-def restore_checkpoint(run: RunDir, s: Session) -> tuple[int, int]:
+def restore_checkpoint(run: RunDir, session: Session) -> tuple[int, int]:
     """Load the last checkpoint of ``run`` into the session; returns its ``(epoch, step)``."""
     last = run.last_checkpoint()
     if last is None:
         raise RunDirError(f"{run.path} has no checkpoint to resume from")
-    ckpt = load_checkpoint(last.path, map_location=s.device)
-    method = s.method
+    ckpt = load_checkpoint(last.path, map_location=session.device)
+    method = session.method
     try:
         for name, net in method.nets.items():
             net.load_state_dict(ckpt["models"][name])
         method.load_extra_state(ckpt["method_state"])
-        s.optimizer.load_state_dict(ckpt["optimizer"])
-        s.scheduler.load_state_dict(ckpt["scheduler"])
+        session.optimizer.load_state_dict(ckpt["optimizer"])
+        session.scheduler.load_state_dict(ckpt["scheduler"])
     except (KeyError, RuntimeError, ValueError) as err:
         raise RunDirError(f"{last.path} does not match this run's configuration ({err})") from None
     epoch = int(ckpt["epoch"])

@@ -7,6 +7,10 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time, to keep the command's start-up fast
+    from okdph.methods.base import Method
 
 EXAMPLES = """examples:
   okdph train                                   # the demo preset: OKDPH on digits (CPU, ~1 min)
@@ -14,6 +18,7 @@ EXAMPLES = """examples:
   okdph train --preset demo --set method=dml epochs=5 seed=1
   okdph train --preset cifar10-resnet32 --set data.root=~/data data.download=true
   okdph train --resume runs/m1d                 # continue from the last checkpoint
+  okdph train --set model=my_pkg.models:Net data=my_pkg.data:load   # import paths
   okdph sweep --preset mnist1d --methods independent,dml,okdph --seeds 0-7 --out runs/study
   okdph presets                                 # list presets
   okdph list models                             # models, methods, datasets or augmentations
@@ -35,15 +40,21 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from okdph.augment import AugmentError
     from okdph.config import ConfigError
     from okdph.data import DataError
-    from okdph.models import UnknownModelError
+    from okdph.models import ModelError
     from okdph.run import RunDirError
 
-    return ConfigError, DataError, RunDirError, AugmentError, UnknownModelError
+    return ConfigError, DataError, RunDirError, AugmentError, ModelError
 
 
 def _add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument(
-        "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help=help
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=help,
     )
 
 
@@ -100,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--vary",
         nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=V1,V2",
-        help="extra grid axes, e.g. init=shared,independent",
+        help="extra grid axes, e.g. init=shared,independent (repeatable: every one is an axis)",
     )
     sw.add_argument(
         "--protocol",
@@ -145,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     presets.set_defaults(handler=cmd_presets)
 
     lister = sub.add_parser(
-        "list", help="list registered models, methods, datasets or augmentations"
+        "list",
+        help="list the models, methods, datasets (built-in and from installed entry points) or "
+        "augmentations",
     )
     lister.add_argument("what", choices=["models", "methods", "datasets", "augmentations"])
     lister.set_defaults(handler=cmd_list)
@@ -238,36 +252,65 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plugin_note(entry, builtin: list[str]) -> str:
+    """How ``okdph list`` marks an entry point: its distribution (and when a built-in hides it)."""
+    hidden = "; hidden by the built-in of that name" if entry.name in builtin else ""
+    return f"(entry point of {entry.distribution}{hidden})"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         from okdph.models import list_models
+        from okdph.models.registry import PLUGINS
 
-        print("\n".join(list_models()))
+        builtin = list_models(plugins=False)
+        lines = builtin + [f"{e.name}  {_plugin_note(e, builtin)}" for e in PLUGINS.entries()]
+        print("\n".join(lines))
     elif args.what == "methods":
-        import dataclasses
-
+        from okdph.config import ConfigError
         from okdph.methods import list_methods, method_class
+        from okdph.methods.base import PLUGINS
 
-        for name in list_methods():
-            cls = method_class(name)
-            doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip()
-            print(f"{name:<12} {doc.splitlines()[0] if doc else ''}")
-            switches = ", ".join(
-                f"method.{f.name}={f.default!r}"
-                for f in dataclasses.fields(cls.Config)
-                if f.default is not dataclasses.MISSING
-            )
-            print(f"{'':<12} switches: {switches or '(none)'}")
+        builtin = list_methods(plugins=False)
+        for name in builtin:
+            _print_method(name, method_class(name))
+        for entry in PLUGINS.entries():
+            note = _plugin_note(entry, builtin)
+            if entry.name in builtin:
+                print(f"{entry.name:<12} {note}")
+                continue
+            try:
+                cls = PLUGINS.load(entry.name)
+            except ConfigError as err:  # listed with the reason instead of failing the listing
+                print(f"{entry.name:<12} {note}: {err}")
+                continue
+            assert cls is not None  # the name comes from the group's own entries
+            _print_method(entry.name, cls, note)
     elif args.what == "datasets":
-        from okdph.data import list_datasets
+        from okdph.data import PLUGINS, list_datasets
 
-        print("\n".join(list_datasets()))
+        builtin = list_datasets(plugins=False)
+        lines = builtin + [f"{e.name}  {_plugin_note(e, builtin)}" for e in PLUGINS.entries()]
+        print("\n".join(lines))
     else:
         from okdph.augment import list_ops
 
         for name, doc in list_ops().items():
             print(f"{name:<12} {doc}")
     return 0
+
+
+def _print_method(name: str, cls: type[Method], note: str = "") -> None:
+    import dataclasses
+
+    doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip()
+    first = doc.splitlines()[0] if doc else ""
+    print(f"{name:<12} {' '.join(p for p in (first, note) if p)}")
+    fields = dataclasses.fields(cls.Config) if dataclasses.is_dataclass(cls.Config) else ()
+    switches = ", ".join(
+        f"method.{f.name}={f.default!r}" for f in fields if f.default is not dataclasses.MISSING
+    )
+    print(f"{'':<12} switches: {switches or '(none)'}")
 
 
 def main(argv: list[str] | None = None) -> int:

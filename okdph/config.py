@@ -114,8 +114,11 @@ class TrainConfig:
 
     method: str = "okdph"
     method_args: dict[str, Any] = field(default_factory=dict)
+    # A built-in model, an ``okdph.models`` entry point or an import path package.module:callable,
+    # optionally with arguments (cnn_digits:width=32; okdph.models.parse_model_spec).
     model: str = "cnn_digits"
     model_args: dict[str, Any] = field(default_factory=dict)
+    # A built-in dataset, an ``okdph.datasets`` entry point or an import path (okdph.data).
     data: str = "digits"
     data_args: dict[str, Any] = field(default_factory=dict)
     num_students: int = 2
@@ -125,8 +128,16 @@ class TrainConfig:
     # Augmentation pipeline per network view ("shift+noise", "crop+flip", ...), or one for all.
     augment: tuple[str, ...] = ("none",)
     epochs: int = 30
+    # Stop after the first epoch whose mean training cross-entropy of the students (the members
+    # that train as networks: `train/<member>/ce`, averaged over the epoch's augmented batches)
+    # falls below this value; that epoch's checkpoint is the last. None: train every epoch.
+    stop_at_loss: float | None = None
     batch_size: int = 128
     eval_batch_size: int = 1024
+    # The test split is evaluated after epoch e (and logged, and stored in e's checkpoint sidecar)
+    # when e >= eval_test_from * epochs, and always after the last epoch (or the stopping epoch
+    # of stop_at_loss). 0 (the default): every epoch, epoch 0 included.
+    eval_test_from: float = 0.0
     optim: OptimConfig = field(default_factory=OptimConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -163,8 +174,21 @@ class TrainConfig:
             f"init must be auto, shared or independent, not {self.init!r}",
         )
         _check(len(self.augment) >= 1, "augment needs at least one pipeline")
+        _check(
+            0 <= self.eval_test_from <= 1,
+            f"eval_test_from must be a fraction of the epochs in [0, 1], not {self.eval_test_from}",
+        )
+        _check(
+            self.stop_at_loss is None or self.stop_at_loss > 0,
+            f"stop_at_loss must be positive (or None), not {self.stop_at_loss}",
+        )
         self.optim.validate()
         self.track.validate()
+
+    def evaluates_test(self, epoch: int) -> bool:
+        """Whether the test split is evaluated after ``epoch`` epochs (0: the initial weights);
+        the stopping epoch of ``stop_at_loss`` is evaluated as well (decided by the trainer)."""
+        return epoch == self.epochs or epoch >= self.eval_test_from * self.epochs
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (tuples become lists)."""

@@ -40,7 +40,7 @@ def evaluate(
     # A weighted ensemble is the method's own; the plain mean is then reported beside it.
     extra = ["ensemble"] if weights is None else ["ensemble", "ensemble_mean"]
     loss = {name: 0.0 for name in [*forwards, *extra]}
-    correct = dict.fromkeys(loss, 0)
+    correct: dict[str, float] = dict.fromkeys(loss, 0)
     for start in range(0, len(y), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         xb = to_memory_format(xb, channels_last)

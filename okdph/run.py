@@ -186,7 +186,9 @@ class RunDir:
                     side = p.with_suffix(".json")
                     try:
                         sidecar = json.loads(side.read_text()) if side.exists() else {}
-                    except json.JSONDecodeError:
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        sidecar = {}  # a convenience copy: the checkpoint itself decides
+                    if not isinstance(sidecar, dict):
                         sidecar = {}
                     found.append(CheckpointInfo(int(m.group(1)), p, sidecar))
         return sorted(found, key=lambda c: c.epoch)

@@ -48,17 +48,39 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def model_arguments(cfg: TrainConfig, data: TensorDataset) -> dict[str, Any]:
-    """The model's keyword arguments: the config's, plus what the data implies (classes, shape)."""
-    factory_params = inspect.signature(models.registry.factory(cfg.model)).parameters
-    implied = {"num_classes": data.num_classes}
+    """The model's keyword arguments: what the data implies, then the config's.
+
+    The number of classes is the dataset's (``num_classes=data.num_classes``) for every model that
+    takes a ``num_classes`` argument (by name or through ``**kwargs``, as torchvision's models do);
+    ``input_dim``, ``length`` and ``in_channels`` follow the inputs' shape for a model that names
+    them. Arguments in the model string (``model=cnn_digits:width=32``) and ``model.KEY=VALUE``
+    override these; a ``num_classes`` below the dataset's is a ConfigError.
+    """
+    name, spec_kwargs = models.parse_model_spec(cfg.model)
+    build = models.factory(name)
+    try:
+        params = dict(inspect.signature(build).parameters)
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    except ValueError:  # no signature: pass the number of classes, the likeliest argument
+        params, takes_kwargs = {}, True
+    implied: dict[str, Any] = {}
+    if "num_classes" in params or takes_kwargs:
+        implied["num_classes"] = data.num_classes
     shape = data.input_shape
-    if "input_dim" in factory_params:
+    if "input_dim" in params:
         implied["input_dim"] = int(np.prod(shape))
-    if "length" in factory_params and data.kind == "signal":
+    if "length" in params and data.kind == "signal":
         implied["length"] = shape[-1]
-    if "in_channels" in factory_params and data.kind == "image":
+    if "in_channels" in params and data.kind == "image":
         implied["in_channels"] = shape[0]
-    return {**implied, **cfg.model_args}
+    explicit = {**spec_kwargs, **cfg.model_args}
+    classes = explicit.get("num_classes")
+    if isinstance(classes, int) and classes < data.num_classes:
+        raise ConfigError(
+            f"model.num_classes={classes} is fewer than the {data.num_classes} classes of "
+            f"dataset {cfg.data!r}; leave it out to use the dataset's"
+        )
+    return {**implied, **explicit}
 
 
 def view_pipelines(specs: list[str], num_views: int) -> list[str]:
@@ -81,6 +103,7 @@ def build_session(cfg: TrainConfig) -> Session:
     cfg.validate()
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.data, device, **cfg.data_args)
+    model_name = models.parse_model_spec(cfg.model)[0]
     kwargs = model_arguments(cfg, data)
     torch.manual_seed(cfg.seed)
     method = build_method(
@@ -88,7 +111,7 @@ def build_session(cfg: TrainConfig) -> Session:
         cfg.method_args,
         # Overrides let a method build members that differ from the run's architecture (WML's
         # pruned heads); the method reports them through member_arch.
-        lambda **overrides: models.create(cfg.model, **{**kwargs, **overrides}),
+        lambda **overrides: models.create(model_name, **{**kwargs, **overrides}),
         cfg.num_students,
         cfg.init,
     ).to(device)
@@ -121,7 +144,7 @@ def build_session(cfg: TrainConfig) -> Session:
         optimizer,
         scheduler,
         pipelines,
-        {"name": cfg.model, "kwargs": kwargs},
+        {"name": model_name, "kwargs": kwargs},
     )
 
 
@@ -144,54 +167,55 @@ def describe_world(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def describe_run(s: Session, command: list[str] | None = None) -> dict[str, Any]:
+def describe_run(session: Session, command: list[str] | None = None) -> dict[str, Any]:
     """The ``run.json`` of a new run: method, architecture, data, members, views, config and
     environment, so that the run directory describes itself."""
     data_info = {
-        "name": s.cfg.data,
-        "kwargs": dict(s.cfg.data_args),
-        "kind": s.data.kind,
-        "num_classes": s.data.num_classes,
-        "input_shape": list(s.data.input_shape),
+        "name": session.cfg.data,
+        "kwargs": dict(session.cfg.data_args),
+        "kind": session.data.kind,
+        "num_classes": session.data.num_classes,
+        "input_shape": list(session.data.input_shape),
         "normalization": {
-            "scale": s.data.scale,
-            "mean": list(s.data.mean),
-            "std": list(s.data.std),
+            "scale": session.data.scale,
+            "mean": list(session.data.mean),
+            "std": list(session.data.std),
         },
-        **s.data.meta,
+        **session.data.meta,
     }
     members = {
         name: {
-            "arch": s.method.member_arch(name, s.arch),
-            "role": s.method.member_role(name),
+            "arch": session.method.member_arch(name, session.arch),
+            "role": session.method.member_role(name),
         }
-        for name in s.method.checkpoint_states()
+        for name in session.method.checkpoint_states()
     }
     return {
-        "method": s.method.describe(),
-        "arch": s.arch,
+        "method": session.method.describe(),
+        "arch": session.arch,
         "data": data_info,
         "members": members,
-        "num_students": s.cfg.num_students,
-        "init": s.cfg.init if s.cfg.init != "auto" else s.method.default_init,
+        "num_students": session.cfg.num_students,
+        "init": session.cfg.init if session.cfg.init != "auto" else session.method.default_init,
         "augment_rule": (
-            f"{len(s.cfg.augment)} pipeline(s) listed for {s.method.num_views} view(s): view i "
+            f"{len(session.cfg.augment)} pipeline(s) listed for {session.method.num_views} view(s): view i "
             "gets pipeline i, cycling when fewer are listed, extra ones left out"
         ),
         "augment": [
-            {"view": v, "pipeline": p.spec} for v, p in zip(s.method.view_names(), s.pipelines)
+            {"view": v, "pipeline": p.spec}
+            for v, p in zip(session.method.view_names(), session.pipelines)
         ],
-        "config": s.cfg.to_dict(),
-        "distributed": describe_world(s.cfg),
+        "config": session.cfg.to_dict(),
+        "distributed": describe_world(session.cfg),
         "status": "running",
         "epochs_done": 0,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "device": str(s.device),
-            "channels_last": s.cfg.channels_last,
-            "amp": "bfloat16 autocast" if s.cfg.amp else "off",
+            "device": str(session.device),
+            "channels_last": session.cfg.channels_last,
+            "amp": "bfloat16 autocast" if session.cfg.amp else "off",
         },
         "command": command or [],
     }

@@ -2,7 +2,9 @@
 
 Every run is a normal run directory, ``<study>/<method>[-<variant>]-s<seed>/``; ``study.json``
 records the grid, the protocol and every run's overrides, so ``landscape compare`` knows what was
-compared with what. Rerunning a sweep skips finished runs and resumes interrupted ones.
+compared with what (:func:`read_study` is the one reader of that file). Rerunning a sweep skips
+finished runs and resumes interrupted ones; running one run (its state on disk, train or resume,
+its command line, its submitit job) lives in :mod:`okdph.jobs`.
 
 Protocols (recorded in study.json):
 
@@ -32,9 +34,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from okdph import jobs
 from okdph.config import ConfigError, TrainConfig, apply_overrides
+from okdph.jobs import TrainJob, run_state, submit_and_wait, train_or_resume
 from okdph.presets import preset_config
-from okdph.run import RunDir, atomic_write_bytes
+from okdph.run import atomic_write_bytes
 
 PROTOCOLS = ("matched", "reference")
 STUDY_VERSION = 1
@@ -174,12 +178,11 @@ def open_study(out: Path, study: Study) -> list[PlannedRun]:
     record = json.loads(json.dumps(study.to_dict()))  # as stored: tuples become lists
     if path.exists():
         try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise ConfigError(
-                f"{path} is not valid JSON; move it away to start a new study"
-            ) from None
-        if {k: v for k, v in old.items() if k != "created"} != record:
+            old = read_study(path) or {}
+        except StudyFileError as err:
+            raise StudyFileError(f"{err}; move it away to start a new study") from None
+        # Entries a user added (primary, relevance) and the creation time are not the grid.
+        if {k: old.get(k) for k in record} != record:
             raise ConfigError(
                 f"{out} holds a different study (its study.json differs); use another --out"
             )
@@ -190,47 +193,9 @@ def open_study(out: Path, study: Study) -> list[PlannedRun]:
     return runs
 
 
-def run_state(path: Path) -> str:
-    """``"done"``, ``"resume"`` (a run with a checkpoint, not finished) or ``"new"``."""
-    run = RunDir(path)
-    if not run.exists():
-        return "new"
-    try:
-        status = run.read_info().get("status")
-    except Exception:  # an unreadable run.json: start again
-        return "new"
-    if status == "complete":
-        return "done"
-    return "resume" if run.last_checkpoint() is not None else "new"
-
-
-def train_or_resume(
-    path: Path, cfg: TrainConfig, command: list[str], state: str, progress: bool
-) -> None:
-    """Continue the run in ``path`` (``state="resume"``) or train it anew from ``cfg``."""
-    from okdph import trainer
-
-    if state == "resume":
-        trainer.resume(path, progress=progress)
-    else:
-        trainer.train(cfg, path, overwrite=True, progress=progress, command=command)
-
-
 def train_command(study: Study, run: PlannedRun, out: Path, state: str) -> list[str]:
-    """The ``okdph train`` command line of one run."""
-    base = [sys.executable, "-m", "okdph", "train", "--no-progress"]
-    if state == "resume":
-        return [*base, "--resume", str(out / run.name)]
-    return [
-        *base,
-        "--preset",
-        study.preset,
-        "--set",
-        *run.overrides,
-        "--out",
-        str(out / run.name),
-        "--overwrite",
-    ]
+    """The ``okdph train`` command line of one run (:func:`okdph.jobs.train_command`)."""
+    return jobs.train_command(study.preset, run.overrides, out / run.name, state)
 
 
 def sweep(
@@ -248,7 +213,8 @@ def sweep(
     ``workers > 1`` trains that many runs at once as ``okdph train`` subprocesses, each on a CUDA
     device no other worker holds when there are several, else all on the default device.
     ``launcher="slurm"`` submits every run as a SLURM job through submitit with the ``slurm``
-    parameters (``"local"``: submitit's local executor), see :mod:`okdph.launch`.
+    parameters (``"local"``: submitit's local executor), see :mod:`okdph.launch`; the jobs are
+    :class:`okdph.jobs.TrainJob`.
     """
     runs = open_study(out, study)
     states = {r.name: run_state(out / r.name) for r in runs}
@@ -265,9 +231,7 @@ def sweep(
         log(f"[{i}/{len(todo)}] {run.name}: {outcome} ({elapsed / 60:.1f} min{eta})")
 
     if launcher in ("slurm", "local"):
-        from okdph.launch import TrainJob, submit_and_wait
-
-        jobs = [
+        submitted = [
             (
                 r.name,
                 TrainJob(
@@ -278,7 +242,7 @@ def sweep(
             )
             for r in todo
         ]
-        outcomes.update(submit_and_wait(jobs, out / "submitit", launcher, slurm or {}, log))
+        outcomes.update(submit_and_wait(submitted, out / "submitit", launcher, slurm or {}, log))
         return outcomes
     if workers <= 1:
         from okdph import trainer
@@ -341,12 +305,83 @@ def print_commands(study: Study, out: Path) -> list[str]:
     return lines
 
 
-def load_study(path: Path) -> dict[str, Any]:
-    """The study.json of a study directory."""
-    file = path / "study.json"
-    if not file.exists():
-        raise ConfigError(f"{path} is not a study directory (it has no study.json)")
+class StudyFileError(ConfigError):
+    """A study.json that okdph cannot read: not JSON, not an object, a version this okdph does
+    not know, or a missing or mistyped entry (one sentence naming the file)."""
+
+
+# The entries every study.json holds, with their JSON types (runs: a list of PlannedRun dicts).
+_STUDY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "version": int,
+    "preset": str,
+    "protocol": str,
+    "methods": list,
+    "seeds": list,
+    "vary": dict,
+    "overrides": list,
+    "runs": list,
+}
+_RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "method": str,
+    "variant": str,
+    "seed": int,
+    "overrides": list,
+}
+
+
+def read_study(path: str | Path) -> dict[str, Any] | None:
+    """The study.json of a study directory (or the file itself), validated; ``None`` when there
+    is none. The one reader of the format :func:`open_study` writes.
+
+    Returns the stored dict: ``version``, ``preset``, ``protocol``, ``methods``, ``seeds``,
+    ``vary``, ``overrides``, ``runs`` (each ``name``, ``method``, ``variant``, ``seed``,
+    ``overrides``), ``created``, and whatever else a user added (``primary``, ``relevance``).
+    Raises :class:`StudyFileError` for a file that is not such a study.
+    """
+    path = Path(path)
+    file = path if path.name == "study.json" or path.is_file() else path / "study.json"
+    if not file.is_file():
+        return None
     try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError:
-        raise ConfigError(f"{file} is not valid JSON") from None
+        record = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise StudyFileError(f"{file} is not valid JSON") from None
+    if not isinstance(record, dict):
+        raise StudyFileError(f"{file} holds a {type(record).__name__}, not a study object")
+    version = record.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise StudyFileError(f"{file} has no format version; it was not written by okdph sweep")
+    if version > STUDY_VERSION:
+        raise StudyFileError(
+            f"{file} has format version {version}, newer than this okdph reads "
+            f"({STUDY_VERSION}); upgrade okdph"
+        )
+    _check_entries(record, _STUDY_FIELDS, file, "")
+    for i, run in enumerate(record["runs"]):
+        if not isinstance(run, dict):
+            raise StudyFileError(f"{file}: runs[{i}] is a {type(run).__name__}, not an object")
+        _check_entries(run, _RUN_FIELDS, file, f"runs[{i}].")
+    return record
+
+
+def _check_entries(
+    record: dict[str, Any], fields: dict[str, type | tuple[type, ...]], file: Path, prefix: str
+) -> None:
+    for key, kind in fields.items():
+        value = record.get(key)
+        if value is None:
+            raise StudyFileError(f"{file} has no {prefix}{key} entry")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise StudyFileError(
+                f"{file}: {prefix}{key} is a {type(value).__name__}, not a "
+                f"{getattr(kind, '__name__', kind)}"
+            )
+
+
+def load_study(path: Path) -> dict[str, Any]:
+    """The study.json of a study directory (:func:`read_study`; a ConfigError when absent)."""
+    record = read_study(path)
+    if record is None:
+        raise ConfigError(f"{path} is not a study directory (it has no study.json)")
+    return record

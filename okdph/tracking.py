@@ -20,7 +20,6 @@ optimiser trains (OKDPH's hybrid, SWA/EMA averages) have none.
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,9 +30,11 @@ from torch import Tensor, nn
 from okdph import models
 from okdph.config import ConfigError, TrackConfig
 from okdph.distributed import World
+from okdph.plugins import EntryPointGroup
 from okdph.run import atomic_torch_save
 
 ENTRY_POINT_GROUP = "okdph.trackers"
+TRACKERS = EntryPointGroup(ENTRY_POINT_GROUP, "tracker", error=ConfigError)
 
 
 class Tracker(Protocol):
@@ -63,13 +64,13 @@ def stability_threshold(lr: float, momentum: float, nesterov: bool, weight_decay
 
 def load_tracker_factory() -> Callable[..., Tracker]:
     """The ``curvature`` tracker registered under the ``okdph.trackers`` entry point."""
-    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == "curvature"]
-    if not found:
+    found = TRACKERS.load("curvature")
+    if found is None:
         raise ConfigError(
             "curvature tracking needs the landscape package installed (pip install -e . in this "
             "repository registers it)"
         )
-    return found[0].load()
+    return found
 
 
 def tracking_subset(num_train: int, samples: int, seed: int) -> np.ndarray:
@@ -82,7 +83,7 @@ class TrainingTracker:
     """Rebuilds the members, asks the tracker, adds thresholds and keeps the warm-start state."""
 
     def __init__(self, session: Any, state_path: Path, world: World | None = None) -> None:
-        self.s = session
+        self.session = session
         self.world = world or World()
         cfg: TrackConfig = session.cfg.track
         self.config = cfg
@@ -110,13 +111,13 @@ class TrainingTracker:
         return bool(self.config.steps) and steps_done % self.config.steps == 0
 
     def _members(self) -> dict[str, nn.Module]:
-        method = self.s.method
+        method = self.session.method
         out = {}
         for name, state in method.checkpoint_states().items():
             if name not in self._modules:
-                arch = method.member_arch(name, self.s.arch)
+                arch = method.member_arch(name, self.session.arch)
                 self._modules[name] = models.create(arch["name"], **arch["kwargs"]).to(
-                    self.s.device
+                    self.session.device
                 )
             net = self._modules[name]
             net.load_state_dict(state)
@@ -125,16 +126,16 @@ class TrainingTracker:
 
     def point(self, point: int, lr: float) -> dict[str, float]:
         """One tracking point: ``curv/<member>/...`` metrics, warm-start state saved."""
-        devices = [self.s.device] if self.s.device.type == "cuda" else []
+        devices = [self.session.device] if self.session.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             measured = self.tracker.measure(self._members(), point)
-        o = self.s.cfg.optim
+        o = self.session.cfg.optim
         threshold = stability_threshold(lr, o.momentum, o.nesterov, o.weight_decay)
         record: dict[str, float] = {}
         for member, values in measured.items():
             for key, value in values.items():
                 record[f"curv/{member}/{key}"] = value
-            if self.s.method.member_role(member) == "network":
+            if self.session.method.member_role(member) == "network":
                 record[f"curv/{member}/threshold"] = threshold
         record["curv/lr"] = lr
         if self.world.is_main:

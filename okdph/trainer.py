@@ -28,7 +28,7 @@ from okdph.checkpoints import (
     restore_checkpoint,
     save_checkpoint,
 )
-from okdph.config import TrainConfig
+from okdph.config import ConfigError, TrainConfig
 from okdph.distributed import World, current_world, sum_gradients, weights_digest
 from okdph.evaluation import autocast, evaluate, to_memory_format
 from okdph.methods import StepContext
@@ -103,7 +103,7 @@ class Trainer:
     """Runs a session into a run directory."""
 
     def __init__(self, session: Session, run: RunDir, progress: bool = True, max_batches: int = 0):
-        self.s = session
+        self.session = session
         self.run = run
         self.progress = progress
         self.max_batches = max_batches
@@ -119,16 +119,16 @@ class Trainer:
     def save(self, metrics: dict[str, float]) -> None:
         if self.world.size > 1:
             self._check_ranks_agree()
-        save_checkpoint(self.run, self.s, self.epoch, self.step, metrics)
-        if self.s.cfg.keep_every > 1 and self.world.is_main:
-            prune_checkpoints(self.run, self.s.cfg.keep_every)
+        save_checkpoint(self.run, self.session, self.epoch, self.step, metrics)
+        if self.session.cfg.keep_every > 1 and self.world.is_main:
+            prune_checkpoints(self.run, self.session.cfg.keep_every)
 
     def _check_ranks_agree(self) -> None:
-        method = self.s.method
+        method = self.session.method
         # Parameters and the method's own state (WML's weights) must agree; BatchNorm's running
         # statistics are per rank by design.
         shared = [*method.parameters(), *method.extra_state().values()]
-        digest = weights_digest(shared).to(self.s.device)
+        digest = weights_digest(shared).to(self.session.device)
         if not bool(self.world.sum(digest.clone()) == digest * self.world.size):
             raise RuntimeError(
                 f"the ranks' weights disagree at epoch {self.epoch}; distributed training is not "
@@ -137,16 +137,16 @@ class Trainer:
 
     def restore(self) -> None:
         """Continue from the last checkpoint of the run directory."""
-        self.epoch, self.step = restore_checkpoint(self.run, self.s)
+        self.epoch, self.step = restore_checkpoint(self.run, self.session)
 
     # ---- loop -------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Every member's test metrics (rank 0 only: the other ranks return ``{}``)."""
         if not self.world.is_main:
             return {}
-        cfg = self.s.cfg
+        cfg = self.session.cfg
         return evaluate(
-            self.s.method,
+            self.session.method,
             self.test_x,
             self.test_y,
             cfg.eval_batch_size,
@@ -155,20 +155,22 @@ class Trainer:
         )
 
     def train_epoch(self) -> dict[str, float]:
-        s = self.s
-        cfg, data, method = s.cfg, s.data, s.method
-        streams = epoch_rngs(cfg.seed, self.epoch, s.device, len(s.pipelines), self.world.rank)
+        session = self.session
+        cfg, data, method = session.cfg, session.data, session.method
+        streams = epoch_rngs(
+            cfg.seed, self.epoch, session.device, len(session.pipelines), self.world.rank
+        )
         rng = streams.method
         method.start_epoch(self.epoch, rng)
         method.train()
         n = len(data.train_y)
-        perm = torch.randperm(n, generator=streams.order, device=s.device)
+        perm = torch.randperm(n, generator=streams.order, device=session.device)
         num_batches = math.ceil(n / cfg.batch_size)
         if self.max_batches:
             num_batches = min(num_batches, self.max_batches)
         sums: dict[str, Tensor] = {}
-        seen = 0
-        check_every = 1 if s.device.type == "cpu" else 25  # a finiteness check syncs the GPU
+        seen: float = 0
+        check_every = 1 if session.device.type == "cpu" else 25  # a finiteness check syncs the GPU
         bar = _progress(
             range(num_batches),
             desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
@@ -185,10 +187,10 @@ class Trainer:
             part = world.shard(len(y))
             views = [
                 to_memory_format(data.normalize(p(x, g))[part], cfg.channels_last)
-                for p, g in zip(s.pipelines, streams.views, strict=True)
+                for p, g in zip(session.pipelines, streams.views, strict=True)
             ]
             y = y[part]
-            lr = s.optimizer.param_groups[0]["lr"]
+            lr = session.optimizer.param_groups[0]["lr"]
             share = len(y) / len(idx)
             ctx = StepContext(
                 self.epoch,
@@ -199,14 +201,14 @@ class Trainer:
                 lr,
                 global_mean=_global_mean(world, share),
             )
-            with autocast(s.device, cfg.amp):
+            with autocast(session.device, cfg.amp):
                 loss, terms = method.compute_loss(views, y, ctx)
-            s.optimizer.zero_grad(set_to_none=True)
+            session.optimizer.zero_grad(set_to_none=True)
             (loss * share if world.size > 1 else loss).backward()
             sum_gradients(method.parameters(), world)
             method.before_step(ctx)
-            s.optimizer.step()
-            with autocast(s.device, cfg.amp):
+            session.optimizer.step()
+            with autocast(session.device, cfg.amp):
                 method.after_step(ctx)
             self.step += 1
             self.last_lr = lr
@@ -221,7 +223,8 @@ class Trainer:
             keys = sorted(sums)
             total = world.sum(
                 torch.stack(
-                    [sums[k].float() for k in keys] + [torch.tensor(float(seen), device=s.device)]
+                    [sums[k].float() for k in keys]
+                    + [torch.tensor(float(seen), device=session.device)]
                 )
             )
             sums, seen = dict(zip(keys, total[:-1])), float(total[-1])
@@ -230,16 +233,18 @@ class Trainer:
     def training_batches(self, view: int) -> Iterator[Tensor]:
         """The whole training split once, in order, through view ``view``'s augmentation, drawn
         from a stream of its own (key 4): what a method's statistics pass sees (SWA's BatchNorm)."""
-        s = self.s
-        cfg, data = s.cfg, s.data
-        gen = torch_stream(cfg.seed, self.epoch, s.device, 4, view)
+        session = self.session
+        cfg, data = session.cfg, session.data
+        gen = torch_stream(cfg.seed, self.epoch, session.device, 4, view)
         n = len(data.train_y)
         num_batches = math.ceil(n / cfg.batch_size)
         if self.max_batches:
             num_batches = min(num_batches, self.max_batches)
         for b in range(num_batches):
             x = data.to_unit(data.train_x[b * cfg.batch_size : (b + 1) * cfg.batch_size])
-            yield to_memory_format(data.normalize(s.pipelines[view](x, gen)), cfg.channels_last)
+            yield to_memory_format(
+                data.normalize(session.pipelines[view](x, gen)), cfg.channels_last
+            )
 
     # ---- logging and tracking -----------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
@@ -267,9 +272,9 @@ class Trainer:
 
     def open_logs(self) -> None:
         """Start the curvature tracker and TensorBoard writer the config asks for (once)."""
-        cfg = self.s.cfg
+        cfg = self.session.cfg
         if cfg.track.enabled and self.tracker is None:
-            self.tracker = TrainingTracker(self.s, self.run.path / "tracking.pt", self.world)
+            self.tracker = TrainingTracker(self.session, self.run.path / "tracking.pt", self.world)
             self.run.update_info(tracking=self.tracker.describe())
         if cfg.log.tensorboard and self.board is None and self.world.is_main:
             self.board = open_tensorboard(self.run.path / "tensorboard")
@@ -291,17 +296,37 @@ class Trainer:
             f"(batch {batch + 1}){where}"
         )
 
+    def students_ce(self, train_metrics: dict[str, float]) -> float | None:
+        """The mean training cross-entropy over the epoch of the members that train as networks
+        (``train/<member>/ce`` of role ``network``: students, peers, leader; not OKDPH's hybrid
+        or SWA/EMA averages), the quantity ``stop_at_loss`` compares; ``None`` when none is
+        logged."""
+        method = self.session.method
+        values = [
+            train_metrics[f"train/{name}/ce"]
+            for name in method.nets
+            if method.member_role(name) == "network" and f"train/{name}/ce" in train_metrics
+        ]
+        return sum(values) / len(values) if values else None
+
     def fit(self, stop_at: int | None = None) -> dict[str, float]:
         """Train from ``self.epoch`` to the configured number of epochs (or to epoch ``stop_at``,
-        leaving the run resumable); returns the last test metrics."""
-        s = self.s
-        cfg = s.cfg
+        leaving the run resumable, or to the epoch whose students' training cross-entropy falls
+        below ``stop_at_loss``); returns the last test metrics.
+
+        The test split is evaluated where ``cfg.evaluates_test`` says and at the stopping epoch,
+        so the last checkpoint's sidecar always holds every member's test accuracy."""
+        session = self.session
+        cfg = session.cfg
+        check_stop_rule(session)
         last = cfg.epochs if stop_at is None else min(stop_at, cfg.epochs)
-        metrics: dict[str, float] = {}
+        tested: dict[str, float] = {}  # the last evaluation's metrics
+        metrics: dict[str, float]
         self.open_logs()
         fresh = self.world.broadcast_object(self.epoch == 0 and self.run.last_checkpoint() is None)
         if fresh:
-            metrics = self.evaluate()
+            metrics = self.evaluate() if cfg.evaluates_test(0) else {}
+            tested = metrics or tested
             self.log({"epoch": 0, "step": 0, **metrics})
             self.save(metrics)
             if self.tracker is not None:
@@ -313,19 +338,36 @@ class Trainer:
             total=cfg.epochs,
             disable=None if self.progress else True,
         )
+        stopped: dict[str, Any] | None = None
         try:
             for _ in epochs:
                 start = time.perf_counter()
-                own_lr = s.method.learning_rate(self.epoch, cfg.epochs, cfg.optim.lr)
+                own_lr = session.method.learning_rate(self.epoch, cfg.epochs, cfg.optim.lr)
                 if own_lr is not None:
-                    for group in s.optimizer.param_groups:
+                    for group in session.optimizer.param_groups:
                         group["lr"] = own_lr
-                lr = s.optimizer.param_groups[0]["lr"]
+                lr = session.optimizer.param_groups[0]["lr"]
                 train_metrics = self.train_epoch()
-                s.method.after_epoch(self.epoch + 1, self.training_batches)
-                s.scheduler.step()
+                session.method.after_epoch(self.epoch + 1, self.training_batches)
+                session.scheduler.step()
                 self.epoch += 1
-                metrics = self.evaluate()
+                if cfg.stop_at_loss is not None:
+                    ce = self.students_ce(train_metrics)
+                    if ce is not None:
+                        train_metrics["train/students_ce"] = ce
+                        if ce < cfg.stop_at_loss and self.epoch < cfg.epochs:
+                            stopped = {
+                                "epoch": self.epoch,
+                                "students_ce": ce,
+                                "stop_at_loss": cfg.stop_at_loss,
+                            }
+                metrics = {}
+                timing = {}
+                if stopped or cfg.evaluates_test(self.epoch):
+                    test_start = time.perf_counter()
+                    metrics = self.evaluate()
+                    tested = metrics or tested
+                    timing["time/test_s"] = time.perf_counter() - test_start
                 record = {
                     "epoch": self.epoch,
                     "step": self.step,
@@ -333,18 +375,24 @@ class Trainer:
                     **train_metrics,
                     **metrics,
                     "time/epoch_s": time.perf_counter() - start,
+                    **timing,
                 }
                 self.log(record)
-                s.method.end_epoch(self.epoch)
+                session.method.end_epoch(self.epoch)
                 if self.tracker is not None and self.tracker.due_after_epoch(
                     self.epoch, cfg.epochs
                 ):
                     self.track(self.epoch)
-                if self.epoch % cfg.save_every == 0 or self.epoch == cfg.epochs:
+                if stopped or self.epoch % cfg.save_every == 0 or self.epoch == cfg.epochs:
                     self.save(metrics)
-                    self.run.update_info(epochs_done=self.epoch)
-                best = max((v for k, v in metrics.items() if k.endswith("/test_acc")), default=0.0)
-                epochs.set_postfix(best_test_acc=f"{best:.3f}")
+                    # One update: a run interrupted after its stopping checkpoint stays stopped.
+                    extra = {"stopped_at_loss": stopped} if stopped else {}
+                    self.run.update_info(epochs_done=self.epoch, **extra)
+                if metrics:
+                    best = max(v for k, v in metrics.items() if k.endswith("/test_acc"))
+                    epochs.set_postfix(test_acc=f"{best:.3f}")
+                if stopped:
+                    break
         except TrainingDiverged:
             self.run.update_info(status="diverged")
             raise
@@ -354,10 +402,21 @@ class Trainer:
         except Exception as err:  # recorded, then re-raised: run.json must not say "running"
             self.run.update_info(status="failed", error=f"{type(err).__name__}: {err}")
             raise
-        self.run.update_info(
-            status="complete" if self.epoch == cfg.epochs else "stopped", epochs_done=self.epoch
+        done = self.epoch == cfg.epochs or stopped is not None
+        self.run.update_info(status="complete" if done else "stopped", epochs_done=self.epoch)
+        return tested
+
+
+def check_stop_rule(session: Session) -> None:
+    """ConfigError (one sentence) when ``stop_at_loss`` is set for a method that logs no
+    cross-entropy of its networks (``<member>/ce``), before anything is written."""
+    if session.cfg.stop_at_loss is not None and not any(
+        k.endswith("/ce") for k in session.method.loss_terms
+    ):
+        raise ConfigError(
+            f"stop_at_loss needs a method that logs its networks' cross-entropy (<member>/ce); "
+            f"{session.method.name!r} logs none"
         )
-        return metrics
 
 
 def train(
@@ -380,6 +439,7 @@ def train(
             f"--overwrite to start again"
         )
     session = build_session(cfg)
+    check_stop_rule(session)
     if world.is_main:
         if run.path.exists() and overwrite:
             clear_run(run)
@@ -407,7 +467,7 @@ def resume(
     session = build_session(cfg)
     trainer = Trainer(session, run, progress, max_batches)
     trainer.restore()
-    if trainer.epoch >= cfg.epochs:  # nothing left to do
+    if trainer.epoch >= cfg.epochs or info.get("stopped_at_loss"):  # nothing left to do
         last = run.last_checkpoint()
         return run, dict(last.sidecar.get("metrics", {})) if last else {}
     resumed = [*info.get("resumed_with", []), describe_world(cfg)["world_size"]]
@@ -421,6 +481,7 @@ __all__ = [
     "EpochStreams",
     "Trainer",
     "TrainingDiverged",
+    "check_stop_rule",
     "epoch_rngs",
     "resume",
     "torch_stream",

@@ -21,13 +21,15 @@ LANDSCAPE_ALLOWED = {
     "measures": {"core", "curvature", "geometry", "report"},
     "pipeline": {"core", "curvature", "geometry", "measures", "report"},
     "report": {"core"},
-    "study": {"core", "measures", "report"},
+    "study": {"core", "measures", "pipeline", "report"},
     "cli": {"core", "curvature", "geometry", "measures", "pipeline", "report", "study"},
     "__main__": {"cli"},
     "__init__": {"core", "curvature", "geometry", "measures", "pipeline", "report"},
 }
-#: What ``landscape`` may use of ``okdph``: the run-directory format, the registries and data.
-OKDPH_PUBLIC = {"okdph.run", "okdph.models", "okdph.data"}
+#: The one module of ``landscape`` that imports ``okdph``, and what it may use of it: the
+#: run-directory and study formats, the model registry, the datasets.
+OKDPH_ADAPTER = "landscape.pipeline.okdph_adapter"
+OKDPH_PUBLIC = {"okdph.run", "okdph.models", "okdph.data", "okdph.sweep", "okdph.config"}
 
 
 def _imports(source: str, module: str) -> list[str]:
@@ -68,7 +70,7 @@ def _module_name(path: Path) -> str:
     return ".".join(path.relative_to(ROOT).with_suffix("").parts)
 
 
-def _check_layer(own: str, names: list[str], where: str) -> None:
+def _check_layer(own: str, names: list[str], where: str, module: str = "") -> None:
     """Fail if a module of layer ``own`` imports ``names`` against the contract."""
     allowed = LANDSCAPE_ALLOWED[own] | {own}
     for name in names:
@@ -77,6 +79,7 @@ def _check_layer(own: str, names: list[str], where: str) -> None:
             layer = _layer(name)
             assert layer in allowed, f"{where} ({own}) imports {name} ({layer})"
         if top == "okdph":
+            assert module == OKDPH_ADAPTER, f"{where} imports {name}: only {OKDPH_ADAPTER} may"
             assert any(name == p or name.startswith(p + ".") for p in OKDPH_PUBLIC), (
                 f"{where} imports okdph internals: {name}"
             )
@@ -89,7 +92,7 @@ def test_landscape_layers_import_downwards(path: Path) -> None:
     module = _module_name(path)
     own = _layer(module)
     assert own is not None, f"{module} is in no layer; add its room to LANDSCAPE_ALLOWED"
-    _check_layer(own, _imports(path.read_text(), module), path.name)
+    _check_layer(own, _imports(path.read_text(), module), path.name, module)
 
 
 @pytest.mark.parametrize("path", _modules("okdph"), ids=lambda p: str(p.relative_to(ROOT)))
@@ -107,5 +110,33 @@ def test_the_walk_sees_lazy_and_relative_imports() -> None:
         _check_layer("report", names, "probe")
     relative = _imports("from ..pipeline import runs\n", "landscape.report.probe")
     assert relative == ["landscape.pipeline"]
+    with pytest.raises(AssertionError, match="only landscape.pipeline.okdph_adapter may"):
+        _check_layer("geometry", _imports("import okdph.run\n", "landscape.geometry.x"), "x")
     with pytest.raises(AssertionError, match="okdph internals"):
-        _check_layer("geometry", _imports("import okdph.trainer\n", "landscape.geometry.x"), "x")
+        names = _imports("import okdph.trainer\n", OKDPH_ADAPTER)
+        _check_layer("pipeline", names, "okdph_adapter.py", OKDPH_ADAPTER)
+
+
+def test_okdph_modules_import_no_cycle() -> None:
+    """No okdph module imports (at any level, lazily included) one that imports it back."""
+    modules = {_module_name(p): p for p in _modules("okdph")}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules and f"{name}.__init__" not in modules:
+            name = name.rpartition(".")[0]
+        return name if name in modules else (f"{name}.__init__" if name else None)
+
+    graph = {
+        m: {r for n in _imports(p.read_text(), m) if (r := resolve(n)) and r != m}
+        for m, p in modules.items()
+    }
+    # A package's __init__ re-exporting its modules is not a cycle of behaviour: skip its edges.
+    graph = {m: {r for r in rs if not r.endswith("__init__")} for m, rs in graph.items()}
+    for start in graph:
+        seen, stack = set(), list(graph[start])
+        while stack:
+            m = stack.pop()
+            assert m != start, f"{start} imports a module that imports it back"
+            if m not in seen:
+                seen.add(m)
+                stack += graph.get(m, ())

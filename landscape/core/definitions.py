@@ -10,9 +10,12 @@ from __future__ import annotations
 
 DEFINITIONS: dict[str, str] = {
     "eigen": (
-        "eigen/3: Ritz values of thick-restart Lanczos on the dataset-loss Hessian; converged "
-        "when the residual is below tol * |value| + the measured product error (Krylov-Weinstein); "
-        "with certify_top, searches orthogonal to the returned vectors merge what they find"
+        "eigen/4: Ritz values of thick-restart Lanczos on the dataset-loss Hessian; converged "
+        "when the residual is below tol * s + the measured product error (Krylov-Weinstein), "
+        "s = |value| (tol_scale value) or the largest Ritz magnitude (tol_scale spectrum); with "
+        "certify_top, searches orthogonal to the returned vectors merge what they find, and for "
+        "k = 1 the solve's own unrestarted Krylov space from a random start is the search "
+        "(Kuczynski-Wozniakowski, delta spread over the stopping step)"
     ),
     "trace": (
         "trace/2: adaptive Hutch++ (Rademacher probes); the final stage's pilot plans the probe "
@@ -29,8 +32,11 @@ DEFINITIONS: dict[str, str] = {
         "f(alpha) - ((1 - alpha) f(0) + alpha f(1)), for the loss and the error (1 - accuracy)"
     ),
     "fit": (
-        "fit/1: loss and accuracy on the whole un-augmented train split and the test split, "
-        "eval mode; gaps test - train loss and train - test accuracy; L2 norm of the parameters"
+        "fit/2: loss and accuracy on the whole un-augmented train split and the test split, "
+        "eval mode; gaps test - train loss and train - test accuracy; L2 norm of the parameters; "
+        "on the train split the 10th percentile of the margin (correct logit minus the largest "
+        "other), its inverse square 1/margin^2 (Jiang et al. 2020; null when not positive), and "
+        "the mean confidence (largest softmax probability)"
     ),
     "layers": (
         "layers/1: per parameter group (module path to a depth), the top Ritz value and the "

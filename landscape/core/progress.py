@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -19,7 +19,7 @@ def progress(
     total: int | None = None,
     enable: bool = True,
     **kwargs: Any,
-) -> Iterator | tqdm:
+) -> tqdm:
     """A tqdm bar on stderr that hides itself when disabled, in CI (TQDM_DISABLE) or off a TTY."""
     disable = (not enable) or progress_disabled()
     return tqdm(

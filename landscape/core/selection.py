@@ -38,7 +38,7 @@ def select_parameters(
         LandscapeError: when the filter leaves no parameter.
     """
     inc, exc = _as_patterns(include), _as_patterns(exclude)
-    selected = {}
+    selected: dict[str, Tensor] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

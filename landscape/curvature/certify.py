@@ -35,6 +35,39 @@ def kw_epsilon(n: int, steps: int, delta: float) -> float:
     return min(1.0, (math.log(1.648 * math.sqrt(n) / delta) / (2 * steps - 1)) ** 2)
 
 
+def kw_epsilon_any_step(n: int, steps: int, delta: float) -> float:
+    """:func:`kw_epsilon` for a Lanczos run whose length was chosen while it ran (it stopped on
+    convergence): ``delta`` is spread over the steps as ``6 delta / (pi^2 s^2)`` at step ``s``
+    (they sum to ``delta``), so by the union bound the bound holds at whatever step it stopped."""
+    return kw_epsilon(n, steps, 6 * delta / (math.pi**2 * max(steps, 1) ** 2))
+
+
+def steps_for(n: int, eps: float, delta: float, cap: int) -> int:
+    """The fewest steps (at most ``cap``) at which :func:`kw_epsilon_any_step` reaches ``eps``."""
+    steps = 1
+    while steps < cap and kw_epsilon_any_step(n, steps, delta) > eps:
+        steps += 1
+    return steps
+
+
+def solve_as_search(pairs: RitzPairs, n: int, delta: float) -> ComplementSearch | None:
+    """The bound a solve's own Krylov space gives (``None`` when it restarted): for ``k = 1``
+    there is nothing to be orthogonal to, so a plain Lanczos run from a uniformly random start
+    *is* the search of :func:`search_complement`, on the whole operator."""
+    if pairs.krylov_steps is None:
+        return None
+    steps = pairs.krylov_steps
+    return ComplementSearch(
+        steps=steps,
+        top=float(pairs.values[0]),
+        bottom=float(pairs.values[-1]),
+        eps=kw_epsilon_any_step(n, steps, delta),
+        delta=float(delta),
+        n_matvec=0,
+        source="solve",
+    )
+
+
 def complement_projector(locked: Tensor) -> Callable[[Tensor], Tensor]:
     """``v -> P v`` with ``P = I - Q Q^T``, ``Q`` an orthonormal basis of ``locked``'s rows."""
     q = torch.linalg.qr(locked.T).Q.T  # (k, n), orthonormal rows
@@ -59,7 +92,9 @@ class ComplementSearch:
         eps, delta: the Kuczynski-Wozniakowski bound: with probability ``>= 1 - delta`` the
             complement's largest eigenvalue is at most ``top + eps / (1 - eps) * (top - low)``
             for any lower bound ``low`` of its smallest (likewise at the bottom end).
-        n_matvec: products used.
+        n_matvec: products used (0 when the solve was its own search).
+        source: ``"search"`` (a run orthogonal to the returned vectors) or ``"solve"`` (for
+            ``k = 1``, the main solve's own Krylov space: :func:`solve_as_search`).
     """
 
     steps: int
@@ -68,6 +103,7 @@ class ComplementSearch:
     eps: float
     delta: float
     n_matvec: int
+    source: str = "search"
 
 
 def search_complement(
@@ -126,6 +162,7 @@ def merge_pairs(kept: RitzPairs, found: RitzPairs, k: int, which: str) -> tuple[
     values = np.concatenate([kept.values, found.values])
     residuals = np.concatenate([kept.residuals, found.residuals + leak])
     error = max(kept.product_error, found.product_error)
+    assert kept.vectors is not None and found.vectors is not None  # solved with vectors
     vectors = torch.cat([kept.vectors, found.vectors])
     wanted = 2 * k if which == "both" else k
     order = wanted_order(values, which)[:wanted]
@@ -163,6 +200,7 @@ def certified_solve(
     """
     kept = solve(matvec, draw())
     locked = kept.vectors
+    assert locked is not None  # ``solve`` returns vectors
     added = 0
     for _ in range(max_rounds):
         search = search_complement(matvec, locked, draw(), steps=steps, delta=delta)
@@ -172,6 +210,7 @@ def certified_solve(
         found = solve(deflated(matvec, locked), complement_projector(locked)(draw()))
         merged, n_new = merge_pairs(kept, found, k, which)
         added += n_new
+        assert found.vectors is not None
         locked = torch.cat([locked, found.vectors])
         kept = _with_matvec(merged, merged.n_matvec + extra)
     else:

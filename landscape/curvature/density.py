@@ -205,9 +205,11 @@ def spectral_density(
         for first in range(0, n_runs, per_block):
             starts = rademacher((min(per_block, n_runs - first), op.n), gen, op.dtype, op.device)
             done = bar.n
-            rules += lanczos_quadrature(
-                op.matmat, starts, steps, on_step=lambda n, done=done: bar.update(done + n - bar.n)
-            )
+
+            def advance(n: int, done: int = done) -> None:
+                bar.update(done + n - bar.n)
+
+            rules += lanczos_quadrature(op.matmat, starts, steps, on_step=advance)
     nodes = tuple(theta for theta, _ in rules)
     weights = tuple(tau for _, tau in rules)
     width = float(sigma) if sigma is not None else default_sigma(nodes, steps)

@@ -26,7 +26,13 @@ from landscape.core.distributed import is_rank0
 from landscape.core.errors import LandscapeError
 from landscape.core.progress import progress
 from landscape.core.records import ResultMixin
-from landscape.curvature.certify import ComplementSearch, certified_solve
+from landscape.curvature.certify import (
+    ComplementSearch,
+    certified_solve,
+    kw_epsilon,
+    solve_as_search,
+    steps_for,
+)
 from landscape.curvature.lanczos import WHICH, extreme_eigenpairs
 from landscape.curvature.products import (
     HessianOperator,
@@ -44,11 +50,27 @@ CERTIFICATE = (
 )
 
 
-def _certificate(search: ComplementSearch | None, added: int) -> str:
+def _certificate(search: ComplementSearch | None, added: int, tol_scale: str = "value") -> str:
+    base = CERTIFICATE
+    if tol_scale == "spectrum":
+        base = base.replace(
+            "(Krylov-Weinstein, widened by the measured product error)",
+            "(Krylov-Weinstein, widened by the measured product error), the bound being at most "
+            "tol times the largest Ritz magnitude (the spectrum's scale), not tol times the value",
+        )
     if search is None:
-        return CERTIFICATE
+        return base
+    if search.source == "solve":
+        return (
+            f"{base.split('; that no')[0]}; (ii) for k = 1 the solve is its own search: its "
+            f"Krylov space, {search.steps} Lanczos steps from a uniformly random start with no "
+            f"restart, was not followed by a separate one; (iii) with probability >= "
+            f"{1 - search.delta:g} over that start (spread over the step the solve stopped at), "
+            f"H has no eigenvalue above {search.top:.6g} + {search.eps:.3g} x (its spectral "
+            f"width), and likewise below {search.bottom:.6g} (Kuczynski-Wozniakowski 1992)"
+        )
     return (
-        f"{CERTIFICATE.split('; that no')[0]}; (ii) a {search.steps}-step Lanczos search "
+        f"{base.split('; that no')[0]}; (ii) a {search.steps}-step Lanczos search "
         f"orthogonal to the returned vectors found nothing beyond them ({added} eigenvalue(s) "
         f"it found were added); (iii) with probability >= {1 - search.delta:g} over its random "
         f"start, H has no eigenvalue orthogonal to them above {search.top:.6g} + {search.eps:.3g}"
@@ -83,7 +105,7 @@ class Spectrum(ResultMixin):
             the searches found and merged in (missed by the main solve).
         n_hvp: Hessian-vector products used.
         n_restarts: thick restarts of the Lanczos basis.
-        k, which, tol, max_iter, basis_size, seed: the settings used.
+        k, which, tol, tol_scale, max_iter, basis_size, seed: the settings used.
         problem: the Hessian analysed (parameters, samples, dtype, device, ...).
         vectors: ``(len(values), n_params)`` unit eigenvectors on the CPU when requested (not in
             ``to_dict``; :meth:`HessianOperator.vector_dict` reshapes one into parameters).
@@ -109,6 +131,7 @@ class Spectrum(ResultMixin):
     search: ComplementSearch | None = None
     added: int = 0
     vectors: Tensor | None = None
+    tol_scale: str = "value"
     definition: str = definition("eigen")
 
     def to_dict(self, include_vectors: bool = False) -> dict[str, Any]:
@@ -141,6 +164,7 @@ def top_eigenvalues(
     search_steps: int = 20,
     start: Tensor | None = None,
     show_progress: bool = True,
+    tol_scale: str = "value",
 ) -> Spectrum:
     """Extreme eigenvalues of the Hessian of the dataset loss, to a certified relative accuracy.
 
@@ -158,6 +182,9 @@ def top_eigenvalues(
         k: eigenvalues wanted (at each end for ``which="both"``).
         which: ``"largest"`` or ``"smallest"`` algebraic (not magnitude), or ``"both"``.
         tol: relative accuracy to certify.
+        tol_scale: ``"value"``: each value to ``tol`` of its own magnitude; ``"spectrum"``: to
+            ``tol`` of the largest magnitude in the spectrum (a value near 0 at the small end is
+            then certified to the spectrum's scale, not to its own vanishing digits).
         max_iter: Hessian-vector product budget.
         basis_size: Lanczos vectors kept before a thick restart (default
             ``max(2 * wanted + 20, 60)``); memory is ``basis_size * n_params`` numbers.
@@ -205,6 +232,7 @@ def top_eigenvalues(
     if wanted > op.n:
         raise LandscapeError(f"asked for {wanted} eigenvalues of a {op.n}-parameter Hessian")
     gen = seeded_generator(seed)
+    random_start = start is None  # uniform on the sphere: what the Lanczos bound assumes
     if start is None:
         start = gaussian((op.n,), gen, op.dtype, op.device)
     elif start.shape != (op.n,) or not bool(torch.isfinite(start).all()) or not start.any():
@@ -219,7 +247,7 @@ def top_eigenvalues(
         def draw() -> Tensor:
             return gaussian((op.n,), gen, op.dtype, op.device)
 
-        def solve(matvec: Any, v0: Tensor) -> Any:
+        def solve(matvec: Any, v0: Tensor, min_matvec: int = 0, size: int | None = None) -> Any:
             return extreme_eigenpairs(
                 matvec,
                 v0,
@@ -227,17 +255,28 @@ def top_eigenvalues(
                 which=which,
                 tol=tol,
                 max_matvec=max_iter,
-                basis_size=basis_size,
+                basis_size=size or basis_size,
                 basis_device=basis_device,
                 return_vectors=return_vectors or certify_top is not None,
                 new_direction=draw,
                 on_step=on_step,
+                tol_scale=tol_scale,
+                min_matvec=min_matvec,
             )
 
         search, added = None, 0
         if certify_top is None:
             pairs = solve(op.matvec, start)
-        else:
+        elif k == 1 and random_start:
+            # Grow the solve's own Krylov space until its bound is as tight as a separate
+            # search_steps search would give, and use it instead (no second run).
+            need = steps_for(
+                op.n, kw_epsilon(op.n, search_steps, certify_top), certify_top, max_iter - 1
+            )
+            size = max(basis_size or 60, need + 2)  # no thick restart before the bound
+            pairs = solve(op.matvec, start, min_matvec=need + 1, size=size)
+            search = solve_as_search(pairs, op.n, certify_top)
+        if certify_top is not None and search is None:
             unused = [start]  # the main solve starts where it would without the check
 
             def first_then_draw() -> Tensor:
@@ -259,7 +298,8 @@ def top_eigenvalues(
         estimated_bounds=pairs.estimated,
         converged=pairs.converged,
         product_error=pairs.product_error,
-        certificate=_certificate(search, added),
+        certificate=_certificate(search, added, tol_scale),
+        tol_scale=tol_scale,
         n_hvp=op.n_hvp - used,
         n_restarts=pairs.n_restarts,
         k=k,

@@ -24,6 +24,7 @@ from torch import Tensor
 
 MatVec = Callable[[Tensor], Tensor]
 WHICH = ("largest", "smallest", "both")
+TOL_SCALES = ("value", "spectrum")
 
 
 def breakdown_level(dtype: torch.dtype) -> float:
@@ -65,6 +66,9 @@ class RitzPairs:
             difference between two products of the same vector and the symmetry defect
             ``|u^T H v - v^T H u|`` of the first two basis vectors times ``sqrt(n)`` (the defect
             sees one direction of the error), and at least ``eps * max |theta|``.
+        krylov_steps: the dimension ``s`` of the basis when it is one Krylov space of the start
+            vector (no thick restart and no fresh direction): then Kuczynski-Wozniakowski's
+            bound for Lanczos from a random start applies to these Ritz values. ``None`` else.
     """
 
     values: np.ndarray
@@ -76,6 +80,7 @@ class RitzPairs:
     n_matvec: int
     n_restarts: int
     product_error: float
+    krylov_steps: int | None = None
 
 
 def wanted_order(theta: np.ndarray, which: str) -> np.ndarray:
@@ -123,6 +128,8 @@ def extreme_eigenpairs(
     return_vectors: bool = False,
     new_direction: Callable[[], Tensor] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    tol_scale: str = "value",
+    min_matvec: int = 0,
 ) -> RitzPairs:
     """The ``k`` largest, smallest or both-end eigenvalues of a symmetric operator.
 
@@ -142,6 +149,10 @@ def extreme_eigenpairs(
         k: eigenvalues wanted at each requested end.
         which: ``"largest"`` / ``"smallest"`` algebraic, or ``"both"`` (``k`` at each end).
         tol: relative accuracy to certify.
+        tol_scale: what ``tol`` is relative to: ``"value"`` (each Ritz value's own magnitude)
+            or ``"spectrum"`` (the largest Ritz magnitude, the operator's scale: a value near 0
+            is then certified to ``tol`` times the spectrum's width instead of to digits that
+            mean nothing beside it).
         max_matvec: product budget.
         basis_size: most basis vectors kept (default ``max(2 * wanted + 20, 60)``).
         basis_device: where the basis lives (default: with ``v0``). ``"cpu"`` keeps the
@@ -151,12 +162,16 @@ def extreme_eigenpairs(
         new_direction: draws a random vector, used to continue after an invariant subspace; the
             iteration stops there when it is ``None``.
         on_step: called as ``on_step(n_matvec, n_converged)`` after every product.
+        min_matvec: products to make before stopping on convergence (to grow the Krylov space
+            for a bound that needs ``s`` steps; see :attr:`RitzPairs.krylov_steps`).
 
     Returns:
         The wanted Ritz pairs, values in decreasing order.
     """
     if which not in WHICH:
         raise ValueError(f"which must be one of {', '.join(WHICH)}, not {which!r}")
+    if tol_scale not in TOL_SCALES:
+        raise ValueError(f"tol_scale must be one of {', '.join(TOL_SCALES)}, not {tol_scale!r}")
     n = v0.numel()
     wanted = min(n, 2 * k if which == "both" else k)
     if k < 1:
@@ -176,7 +191,7 @@ def extreme_eigenpairs(
     proj = np.zeros((m_max, m_max))
     level = breakdown_level(v0.dtype)
     eps = float(torch.finfo(v0.dtype).eps)
-    j, n_matvec, n_restarts = 0, 0, 0
+    j, n_matvec, n_restarts, n_fresh = 0, 0, 0, 0
     # The product error is measured: twice the same product, and the symmetry defect below.
     first = product(basis[0])
     repeat_error = float(torch.linalg.vector_norm(product(basis[0]) - first))
@@ -199,8 +214,9 @@ def extreme_eigenpairs(
         residuals = beta * np.abs(s[-1])
         bounds = residuals + product_error
         order = wanted_order(theta, which)[:wanted]
-        ok = residuals[order] <= tol * np.abs(theta[order]) + product_error
-        done = j + 1 >= wanted and bool(ok.all())
+        reference = np.abs(theta) if tol_scale == "value" else np.full_like(theta, scale)
+        ok = residuals[order] <= tol * reference[order] + product_error
+        done = j + 1 >= wanted and bool(ok.all()) and n_matvec >= min_matvec
         if on_step is not None:
             on_step(n_matvec, int(ok.sum()))
         if done or j + 1 == n or n_matvec >= max_matvec:
@@ -212,6 +228,7 @@ def extreme_eigenpairs(
             # fresh random direction with no coupling to the current basis.
             w, _ = _orthogonalise(new_direction().to(w), basis[: j + 1])
             beta_next, beta = float(torch.linalg.vector_norm(w)), 0.0
+            n_fresh += 1
         else:
             beta_next = beta
         if j + 1 < m_max:
@@ -238,11 +255,12 @@ def extreme_eigenpairs(
         residuals=residuals[pick],
         bounds=bounds[pick],
         estimated=error_bounds(theta, residuals)[pick] + product_error,
-        converged=residuals[pick] <= tol * np.abs(theta[pick]) + product_error,
+        converged=residuals[pick] <= tol * reference[pick] + product_error,
         vectors=vectors,
         n_matvec=n_matvec,
         n_restarts=n_restarts,
         product_error=product_error,
+        krylov_steps=j + 1 if n_restarts == 0 and n_fresh == 0 else None,
     )
 
 

@@ -360,6 +360,7 @@ class HessianOperator:
                 total = g if total is None else tuple(a + b for a, b in zip(total, g, strict=True))
             self._graph = total
             self.n_passes += 1
+        assert self._graph is not None and self._leaves is not None  # built together, above
         return self._double_backward(self._graph, self._leaves, vectors, keep=True)
 
     def _reverse_pass(self, vectors: Tensor) -> Tensor:

@@ -281,7 +281,8 @@ def hutchpp(
     discarded = 0
     while True:
         # Pilot of this stage: its variance fixes the sketch decision and the stage's length.
-        samples, products = [], []
+        samples: list[Tensor] = []
+        products: list[Tensor] = []
         while sum(map(len, samples)) < pilot_size and sampler.left() > 0:
             z, hz = sampler.probes(pilot_size - sum(map(len, samples)))
             samples.append(_residual_samples(z, hz, q, qhq))

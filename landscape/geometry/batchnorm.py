@@ -104,8 +104,8 @@ def recalibrate(model: nn.Module, state: State, batches: Sequence[tuple[Tensor, 
             for x, _ in batches:
                 functional_call(model, fresh, (x,))
     finally:
-        for m, mode in modes.items():
-            m.training = mode
+        for module, mode in modes.items():
+            module.training = mode
         for m, momentum in momenta.items():
             m.momentum = momentum
     return fresh
@@ -146,7 +146,8 @@ def fold_plan(model: nn.Module) -> FoldPlan | None:
     except Exception:  # noqa: BLE001  (any tracing failure means: do not fold)
         return None
     mods = dict(traced.named_modules())
-    pairs, dropped = [], set()
+    pairs: list[tuple[str, str, float]] = []
+    dropped: set[str] = set()
     for node in list(traced.graph.nodes):
         if node.op != "call_module" or not isinstance(mods[node.target], _BatchNorm):
             continue
@@ -155,6 +156,7 @@ def fold_plan(model: nn.Module) -> FoldPlan | None:
             continue
         if prev.op != "call_module" or len(prev.users) != 1:
             continue
+        assert isinstance(prev.target, str)  # a call_module node's target is the module's name
         layer = mods[prev.target]
         if type(layer) not in _PAIRS or type(bn) is not _PAIRS[type(layer)]:
             continue

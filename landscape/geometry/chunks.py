@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from landscape.core.errors import LandscapeError
+from landscape.core.io import atomic_write_bytes
 from landscape.core.records import json_safe
-from okdph.run import atomic_write_bytes
 
 FORMAT = 1
 _CHUNK = re.compile(r"^chunk_(\d{5,})\.npz$")
@@ -106,7 +106,7 @@ class ChunkStore:
         if not 0 <= index < self.n_chunks:
             raise IndexError(f"chunk {index} outside 0..{self.n_chunks - 1}")
         buffer = io.BytesIO()
-        np.savez(buffer, **dict(arrays))
+        np.savez(buffer, **dict(arrays))  # type: ignore[arg-type]  # numpy's stubs match **kwds to allow_pickle
         atomic_write_bytes(self._file(index), buffer.getvalue())
 
     def load(self, index: int) -> dict[str, np.ndarray]:

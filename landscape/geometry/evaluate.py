@@ -28,9 +28,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import queue
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -248,6 +248,7 @@ class Evaluator:
 
     def _fold_agrees(self, x: Tensor) -> bool:
         """Guard: the folded network reproduces the plain one on a few samples."""
+        assert self.plan is not None  # only asked when there is a plan
         state = as_state(self.module)
         with torch.no_grad():
             plain = functional_call(self.module, state, (self._format(x),))
@@ -280,7 +281,7 @@ class Evaluator:
         )
 
     # -- states -----------------------------------------------------------------------------
-    def state(self, weights: nn.Module | dict[str, Tensor] | None = None) -> State:
+    def state(self, weights: nn.Module | Mapping[str, Tensor] | None = None) -> State:
         """Full state of the model with ``weights`` laid over it, on the engine's device/dtype."""
         return as_state(self.module, weights, device=self.device, dtype=self.dtype)
 
@@ -415,7 +416,8 @@ class Evaluator:
             loss = self.loss_fn(out, y) * (y.shape[0] / n_samples)
             loss.backward()
             total += float(loss.detach())
-        return total, {n: p.grad.detach() for n, p in params.items()}
+        # every p.grad was filled by the backward passes above
+        return total, {n: cast(Tensor, p.grad).detach() for n, p in params.items()}
 
 
 def evaluator_for_policy(

@@ -194,7 +194,7 @@ def sharpness(
     c = {n: center[n].abs() + eta if adaptive else torch.ones_like(center[n]) for n in names}
     own_loss, _ = ev.evaluate_one(own)
     clean_loss, _ = ev.evaluate_one(ev.apply_bn(center, bn))
-    settings = {
+    settings: dict[str, Any] = {
         "kind": kind,
         "rho": float(rho),
         "adaptive": adaptive,

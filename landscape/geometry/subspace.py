@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from torch import Tensor
@@ -179,7 +179,8 @@ def pca_trajectory(
     if not 1 <= k <= n - 1:
         raise LandscapeError(f"k must be between 1 and {n - 1} for {n} checkpoints, not {k}")
     names = list(names)
-    mean = {nm: sum(c[nm].double() for c in checkpoints) / n for nm in names}
+    # sum() of the (at least two) checkpoints' tensors is a tensor, not its int start
+    mean = {nm: cast(Tensor, sum(c[nm].double() for c in checkpoints)) / n for nm in names}
     centred = [{nm: c[nm].double() - mean[nm] for nm in names} for c in checkpoints]
     evals, evecs = np.linalg.eigh(_gram(centred, names))
     order = np.argsort(evals)[::-1]

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -125,7 +125,8 @@ class Surface(ResultMixin):
 
 def _coordinates(grid: Grid, dims: int) -> list[np.ndarray]:
     if len(grid) == 2 and np.isscalar(grid[0]) and np.isscalar(grid[1]):
-        return [grid_coordinates(float(grid[0]), int(grid[1])) for _ in range(dims)]
+        radius, points = cast("tuple[float, int]", grid)  # (radius, points), a tuple or a list
+        return [grid_coordinates(float(radius), int(points)) for _ in range(dims)]
     coords = [np.asarray(c, dtype=np.float64) for c in grid]
     if len(coords) != dims or any(c.ndim != 1 or c.size == 0 for c in coords):
         raise LandscapeError(f"grid must be (radius, points) or {dims} coordinate arrays")

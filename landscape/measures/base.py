@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -221,6 +221,13 @@ class Measure:
         """The summary fields of one record (a member's row entries, or a curve's entry)."""
         return {}
 
+    def groups(self, networks: list[str], hybrids: list[str]) -> list[tuple[str, ...]] | None:
+        """Which members a pair- or plane-scope measure takes at one epoch, from the trained
+        members (``networks``) and the hybrids present; ``None``: the scope's default (pairs:
+        every two networks, then each with the hybrid; plane: two networks and the hybrid or a
+        third network)."""
+        return None
+
     def figures(self, records: Mapping[PieceKey, Mapping[str, Any]], epoch: int | None) -> Figures:
         """Figures of this measure's records at ``epoch`` (run scope: ``None``)."""
         return []
@@ -247,6 +254,17 @@ class Measure:
         own = tuple(f.name for f in dataclasses.fields(self.settings))
         return (*BASE_INPUTS, *own, *self.uses)
 
+    def fingerprint_inputs(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The values of :meth:`inputs`, less the settings added to a measure after results
+        were stored (``field(metadata={"added": True})``) while they hold their default: a
+        stored result was computed as that default, so it stays valid."""
+        added = {
+            f.name: f.default
+            for f in dataclasses.fields(self.settings)
+            if f.metadata.get("added") and f.default is not dataclasses.MISSING
+        }
+        return {k: values[k] for k in self.inputs() if not (k in added and values[k] == added[k])}
+
     def __repr__(self) -> str:
         return f"<measure {self.name} ({self.scope.value})>"
 
@@ -272,6 +290,6 @@ def tag(epoch: int | None) -> str:
     return f"epoch_{epoch:04d}" if epoch is not None else "run"
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[float]:
     """A finite int or float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

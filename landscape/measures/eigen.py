@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from landscape.core import definitions
 from landscape.curvature.eigenvalues import top_eigenvalues
+from landscape.curvature.lanczos import TOL_SCALES
 from landscape.measures.base import (
     Field,
     Figures,
@@ -49,11 +50,19 @@ class EigenSettings:
             "help": "failure probability of the search for missed eigenvalues (0: no search)"
         },
     )
+    tol_scale: str = field(
+        default="spectrum",
+        metadata={
+            "help": "what --tol is relative to: spectrum (the largest |eigenvalue|: a value "
+            "near 0 is certified to the spectrum's scale) or value (each value's own)"
+        },
+    )
 
     def validate(self) -> None:
         require(self.k >= 1, f"--k must be positive, not {self.k}")
         require(self.tol > 0, f"--tol must be positive, not {self.tol}")
         require(0 <= self.certify_top < 1, f"certify_top must be in [0, 1), not {self.certify_top}")
+        require(self.tol_scale in TOL_SCALES, f"--tol-scale must be one of {', '.join(TOL_SCALES)}")
 
 
 class Eigen(Measure):
@@ -82,6 +91,7 @@ class Eigen(Measure):
             k=settings.k,
             which="both",
             tol=settings.tol,
+            tol_scale=settings.tol_scale,
             certify_top=settings.certify_top or None,
             basis_device="cpu" if ctx.settings.lanczos_basis == "cpu" else None,
             **common,

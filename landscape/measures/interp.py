@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from landscape.core import definitions
+from landscape.geometry.alignment import permutation_spec, weight_matching
 from landscape.geometry.interpolate import interpolate
 from landscape.measures.base import (
     Field,
@@ -32,9 +33,39 @@ class InterpolationSettings:
     alphas: int = field(
         default=31, metadata={"help": "points on [-0.25, 1.25] of each interpolation curve"}
     )
+    align: str = field(
+        default="none",
+        metadata={
+            "help": "none, or weights: permute the end's hidden units to the start's first "
+            "(Git Re-Basin weight matching); the unaligned barriers are kept beside",
+            "added": True,
+        },
+    )
 
     def validate(self) -> None:
         require(self.alphas >= 3, f"--alphas must be at least 3, not {self.alphas}")
+        require(
+            self.align in ALIGN, f"--align must be one of {', '.join(ALIGN)}, not {self.align!r}"
+        )
+
+
+ALIGN = ("none", "weights")
+
+
+def aligned_states(
+    ctx: MeasureContext, epoch: int, members: tuple[str, ...], seed: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The members' weights with every one after the first permuted to match the first
+    (weight matching), and what the alignments did."""
+    template = ctx.template(members[0])
+    spec = permutation_spec(template, ctx.data("train")[0][0][:8])
+    first = ctx.state(epoch, members[0])
+    states, notes = [first], {}
+    for m in members[1:]:
+        result = weight_matching(spec, first, ctx.state(epoch, m), seed=seed)
+        states.append(result.state)
+        notes[m] = result.to_dict()
+    return states, notes
 
 
 class Interpolation(Measure):
@@ -51,6 +82,8 @@ class Interpolation(Measure):
     fields = (
         Field("barrier_students", compare=True, invariant=True, correlate=True, strip=True),
         Field("barrier_hybrid", compare=True, invariant=True, contrast=False),
+        # With --align weights, barrier_* are after weight matching; these are before it.
+        Field("unaligned_barrier_students", compare=True, invariant=True, contrast=False),
     )
     section = Section(
         "interp",
@@ -74,11 +107,16 @@ class Interpolation(Measure):
             "error_barrier": {},
             "detail": {},
         }
+        end_state = ctx.state(epoch, end)
+        if settings.align == "weights":
+            (_, end_state), notes = aligned_states(ctx, epoch, (start, end), ctx.settings.seed)
+            record["alignment"] = notes[end]
+            record["unaligned"] = self._barriers(ctx, epoch, start, ctx.state(epoch, end), alphas)
         for split in ("train", "test"):
             curve = interpolate(
                 ctx.template(start),
                 ctx.state(epoch, start),
-                ctx.state(epoch, end),
+                end_state,
                 ctx.data(split),
                 alphas=alphas,
                 bn=ctx.settings.bn,
@@ -97,8 +135,29 @@ class Interpolation(Measure):
             record["detail"][split] = detail
         return record
 
+    def _barriers(
+        self, ctx: MeasureContext, epoch: int, start: str, end_state: Any, alphas: np.ndarray
+    ) -> dict[str, dict[str, float]]:
+        """Loss and error barriers of the straight line to ``end_state``, train and test."""
+        out: dict[str, dict[str, float]] = {"barrier": {}, "error_barrier": {}}
+        for split in ("train", "test"):
+            curve = interpolate(
+                ctx.template(start),
+                ctx.state(epoch, start),
+                end_state,
+                ctx.data(split),
+                alphas=alphas,
+                bn=ctx.settings.bn,
+                bn_data=ctx.data("train"),
+                device=ctx.device,
+                show_progress=ctx.show,
+            )
+            out["barrier"][split] = curve.barrier
+            out["error_barrier"][split] = curve.error_barrier
+        return out
+
     def summarise(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        return {
+        out = {
             "start": record["start"],
             "end": record["end"],
             "barrier_train": record["barrier"]["train"],
@@ -107,6 +166,12 @@ class Interpolation(Measure):
             "error_barrier_test": record["error_barrier"]["test"],
             "definition": record["detail"]["train"]["definition"],
         }
+        if "unaligned" in record:  # barrier_* are then those after weight matching
+            out["aligned"] = True
+            for kind in ("barrier", "error_barrier"):
+                for split in ("train", "test"):
+                    out[f"unaligned_{kind}_{split}"] = record["unaligned"][kind][split]
+        return out
 
     def run_values(
         self, entries: Mapping[PieceKey, Mapping[str, Any]], kinds: Mapping[str, str]
@@ -120,12 +185,15 @@ class Interpolation(Measure):
             if "average" in pair_kinds:
                 continue
             name = "barrier_hybrid" if "hybrid" in pair_kinds else "barrier_students"
-            value = entry.get("barrier_train")
-            if not is_number(value):  # null in summary.json: the curve diverged
-                continue
-            for member in key.members:
-                if kinds.get(member) in ("students", "pruned"):
-                    found.setdefault(member, {}).setdefault(name, []).append(float(value))
+            values = {name: entry.get("barrier_train")}
+            if name == "barrier_students":
+                values["unaligned_barrier_students"] = entry.get("unaligned_barrier_train")
+            for field_name, value in values.items():
+                if not is_number(value):  # null in summary.json: the curve diverged
+                    continue
+                for member in key.members:
+                    if kinds.get(member) in ("students", "pruned"):
+                        found.setdefault(member, {}).setdefault(field_name, []).append(value)
         return {
             m: {name: float(np.mean(v)) for name, v in by_name.items()}
             for m, by_name in found.items()

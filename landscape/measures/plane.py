@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ from landscape.measures.base import (
     Scope,
     Section,
     Target,
+    require,
     tag,
 )
+from landscape.measures.interp import ALIGN, aligned_states
 from landscape.measures.surfaces import (
     DEFINITION,
     GridSettings,
@@ -35,6 +38,24 @@ from landscape.measures.surfaces import (
 from landscape.report import figures
 
 
+@dataclass(frozen=True)
+class PlaneSettings(GridSettings):
+    align: str = field(
+        default="none",
+        metadata={
+            "help": "none, or weights: permute the end's hidden units to the start's first "
+            "(Git Re-Basin weight matching); the unaligned barriers are kept beside",
+            "added": True,
+        },
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        require(
+            self.align in ALIGN, f"--align must be one of {', '.join(ALIGN)}, not {self.align!r}"
+        )
+
+
 class PlaneSurface(Measure):
     """The training loss on the plane through three members; when the third is the two
     students' midpoint (a 2-student OKDPH checkpoint), the plane of the students' line and a
@@ -42,7 +63,7 @@ class PlaneSurface(Measure):
 
     name = "plane"
     scope = Scope.PLANE
-    settings = GridSettings
+    settings = PlaneSettings
     definition = DEFINITION
     summary_group = "surfaces"
     section = Section(
@@ -63,14 +84,18 @@ class PlaneSurface(Measure):
         stats = [
             n for n in running_stat_names(template) if ctx.state(epoch, a)[n].is_floating_point()
         ]
-        sa, sb, sc = (ctx.state(epoch, m) for m in members)
+        alignment: dict[str, Any] | None = None
+        if settings.align == "weights":  # b and c permuted to match a
+            (sa, sb, sc), alignment = aligned_states(ctx, epoch, members, ctx.settings.seed)
+        else:
+            sa, sb, sc = (ctx.state(epoch, m) for m in members)
         gap = max(
             float((sc[n].double() - (sa[n].double() + sb[n].double()) / 2).abs().max())
             for n in names
         )
         scale = max(float(sa[n].abs().max()) for n in names)
         if gap > 1e-6 * scale:
-            plane = plane_through(sa, sb, sc, names, buffers=stats, labels=members)
+            plane = plane_through(sa, sb, sc, names, buffers=stats, labels=(a, b, c))
             kind = "through the three members"
             xs, ys = plane_grid(plane, settings.grid, margin=0.3)
         else:
@@ -106,6 +131,7 @@ class PlaneSurface(Measure):
             kind=kind,
             plane=plane.to_dict(),
             equal_axes=True,
+            **({"alignment": alignment} if alignment is not None else {}),
         )
 
     def summarise(self, record: Mapping[str, Any]) -> dict[str, Any]:

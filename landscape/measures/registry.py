@@ -12,36 +12,27 @@ Entry points are loaded once, on the first lookup; a broken one is one sentence 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
 from landscape.core.errors import LandscapeError
 from landscape.measures.base import Measure
-from landscape.measures.density import Density
-from landscape.measures.eigen import Eigen
-from landscape.measures.fit import Fit
-from landscape.measures.interp import Interpolation
-from landscape.measures.layers import Layers
-from landscape.measures.plane import PlaneSurface
-from landscape.measures.sharpness import Sharpness
-from landscape.measures.surface import RandomSurface
-from landscape.measures.trace import Trace
-from landscape.measures.trajectory import Trajectory
 
 ENTRY_POINT_GROUP = "landscape.measures"
 
-#: Built-in measures, in report and summary order.
-BUILTIN: tuple[type[Measure], ...] = (
-    Fit,
-    Eigen,
-    Trace,
-    Density,
-    Layers,
-    Sharpness,
-    Interpolation,
-    PlaneSurface,
-    RandomSurface,
-    Trajectory,
+#: Built-in measures (``module:class`` in ``landscape.measures``), in report and summary order.
+BUILTIN: tuple[str, ...] = (
+    "fit:Fit",
+    "eigen:Eigen",
+    "trace:Trace",
+    "density:Density",
+    "layers:Layers",
+    "sharpness:Sharpness",
+    "interp:Interpolation",
+    "plane:PlaneSurface",
+    "surface:RandomSurface",
+    "trajectory:Trajectory",
 )
 
 _REGISTRY: dict[str, Measure] = {}
@@ -95,8 +86,9 @@ def _load() -> None:
     if _LOADED:
         return
     _LOADED = True
-    for cls in BUILTIN:
-        register(cls)
+    for spec in BUILTIN:
+        module, _, cls = spec.partition(":")
+        register(getattr(importlib.import_module(f"landscape.measures.{module}"), cls))
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         where = f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP}"
         try:
@@ -108,6 +100,15 @@ def _load() -> None:
         if not (isinstance(obj, Measure) or (isinstance(obj, type) and issubclass(obj, Measure))):
             raise LandscapeError(f"{where} is not a landscape Measure")
         register(obj)
+
+
+def reload() -> dict[str, Measure]:
+    """Read the built-in measures and the entry points again (after installing a package
+    into a running session, e.g. a notebook); returns the registry."""
+    global _LOADED
+    _REGISTRY.clear()
+    _LOADED = False
+    return measures()
 
 
 def measures() -> dict[str, Measure]:

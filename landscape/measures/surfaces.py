@@ -36,8 +36,10 @@ def evaluate_surface(
     grid: Any,
     store: Path | None,
     carries_buffers: bool = False,
+    split: str = "train",
 ) -> Any:
-    """A training-loss surface under the analysis' BatchNorm policy, centre included.
+    """A loss surface on the ``split`` subset under the analysis' BatchNorm policy, centre
+    included (statistics always recalibrated on the training subset).
 
     ``interpolate`` needs directions that move the running statistics too (between models); for
     other directions the policy falls back to ``recalibrate`` (the result records which ran).
@@ -47,10 +49,11 @@ def evaluate_surface(
     return surface(
         template,
         center,
-        ctx.data("train"),
+        ctx.data(split),
         directions=directions,
         grid=grid,
         bn=bn,
+        bn_data=ctx.data("train"),
         bn_center="policy",
         seed=s.seed,
         store=store,

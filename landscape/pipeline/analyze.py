@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,14 +86,16 @@ def select_epochs(run: Run, spec: str) -> list[int]:
 
 
 # ---- planning and running -----------------------------------------------------------------------
-def targets(run: Run, settings: AnalyzeSettings, scope: Scope, name: str) -> list[Target]:
-    """What a measure of ``scope`` called ``name`` measures in ``run`` under ``settings``.
+def targets(run: Run, settings: AnalyzeSettings, measure: Measure) -> list[Target]:
+    """What ``measure`` measures in ``run`` under ``settings``, by its scope.
 
     Member: every selected member at every chosen epoch. Pair: every two trained members (not
     the hybrid), then each of them with the hybrid. Plane: two trained members and the hybrid
     (or a third trained member). Run: the trained members present at every checkpoint up to the
-    last chosen epoch, centred on the hybrid when there is one.
+    last chosen epoch, centred on the hybrid when there is one. A measure may choose its own
+    pairs or planes (``Measure.groups``).
     """
+    scope, name = measure.scope, measure.name
     out: list[Target] = []
     chosen = settings.members or run.members
     epochs = select_epochs(run, settings.epochs)
@@ -124,7 +127,10 @@ def targets(run: Run, settings: AnalyzeSettings, scope: Scope, name: str) -> lis
         networks = [m for m in members if run.roles.get(m) != "hybrid"]
         hybrids = [m for m in members if run.roles.get(m) == "hybrid"]
         groups: list[tuple[str, ...]]
-        if scope is Scope.MEMBER:
+        chosen_groups = measure.groups(networks, hybrids) if scope is not Scope.MEMBER else None
+        if chosen_groups is not None:
+            groups = chosen_groups
+        elif scope is Scope.MEMBER:
             groups = [(m,) for m in members]
         elif scope is Scope.PAIR:
             groups = list(itertools.combinations(networks, 2))
@@ -137,7 +143,7 @@ def targets(run: Run, settings: AnalyzeSettings, scope: Scope, name: str) -> lis
     return out
 
 
-def plan(ctx: Context, store: ResultsStore | None = None) -> list[WorkItem]:
+def plan(ctx: Context) -> list[WorkItem]:
     """Every result of every registered measure under these settings, with its fingerprint;
     the caller computes those of the analyses asked for and reports every one the store holds.
 
@@ -147,8 +153,8 @@ def plan(ctx: Context, store: ResultsStore | None = None) -> list[WorkItem]:
     run, values = ctx.run, ctx.settings.to_dict()
     items = []
     for measure in measures().values():
-        relevant = {k: values[k] for k in measure.inputs()}
-        for target in targets(run, ctx.settings, measure.scope, measure.name):
+        relevant = measure.fingerprint_inputs(values)
+        for target in targets(run, ctx.settings, measure):
             if measure.scope is Scope.RUN:
                 last = target.epoch
                 assert target.centre is not None
@@ -180,6 +186,22 @@ def measure_one(ctx: Context, name: str, epoch: int, *members: str) -> dict[str,
     return measure.compute(ctx, target, ctx.settings.for_measure(measure), None)
 
 
+def redefined(items: list[WorkItem], store: ResultsStore) -> list[str]:
+    """Why stored pieces among ``items`` are recomputed when their measure's definition changed:
+    one line per measure and old version."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for item in items:
+        old = store.stored_definition(item.path)
+        new = item.measure.definition
+        if old is not None and old.split(":")[0] != new.split(":")[0]:
+            key = (item.measure.name, old.split(":")[0], new.split(":")[0])
+            counts[key] = counts.get(key, 0) + 1
+    return [
+        f"recomputing {n} stored {name} piece(s): the definition changed from {old} to {new}"
+        for (name, old, new), n in counts.items()
+    ]
+
+
 def run_pieces(
     ctx: Context, items: list[WorkItem], store: ResultsStore, show_progress: bool = True
 ) -> tuple[dict[str, dict[str, Any]], int]:
@@ -190,18 +212,22 @@ def run_pieces(
     inside it), rank 0 decides what is missing and alone writes to the store. Each record
     computed now carries ``compute_seconds``, its wall-clock time.
     """
-    records, computed = {}, 0
+    records: dict[str, dict[str, Any]] = {}
+    computed = 0
     rank, world = rank_and_world()
-    missing = (
+    absent = (
         [i.path for i in items if store.get(i.path, i.fingerprint) is None] if rank == 0 else None
     )
-    missing = set(broadcast(missing, world))
+    missing = set(broadcast(absent, world))
     todo = [i for i in items if i.path in missing]
     for item in items:
-        if item.path not in missing:
-            records[item.path] = store.get(item.path, item.fingerprint)
+        held = store.get(item.path, item.fingerprint) if item.path not in missing else None
+        if held is not None:
+            records[item.path] = held
     lines = ProgressLines(len(todo), "piece", enable=show_progress)
     lines.say(f"{len(todo)} of {len(items)} pieces to compute ({len(items) - len(todo)} stored)")
+    for reason in redefined(todo, store) if rank == 0 else []:
+        print(f"landscape: {reason}", file=sys.stderr, flush=True)
     bar = progress(todo, desc="analyses", enable=show_progress)
     for item in bar:
         if hasattr(bar, "set_postfix_str"):
@@ -287,7 +313,7 @@ def analyze_run(
             f"{run.path} has no member {unknown_members[0]!r}; members: {', '.join(run.members)}"
         )
     ctx = Context(run, settings, show_progress)
-    planned = plan(ctx, store)
+    planned = plan(ctx)
     items = [i for i in planned if i.measure.name in settings.analyses]
     # Fail on a checkpoint that does not fit its architecture, or whose weights are not finite,
     # before spending any compute.

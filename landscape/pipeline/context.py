@@ -21,6 +21,7 @@ from landscape.core.errors import LandscapeError
 from landscape.geometry.batchnorm import BN_POLICIES, batchnorm_layers, recalibrate
 from landscape.measures.base import Measure
 from landscape.measures.registry import default_analyses, measures, option_defaults
+from landscape.pipeline.okdph_adapter import load_dataset
 from landscape.pipeline.runs import Checkpoint, Run
 from landscape.pipeline.store import file_digest
 
@@ -162,20 +163,7 @@ class Context:
         return self._data[key]
 
     def _dataset(self) -> Any:
-        from okdph.data import DataError, load_dataset
-
-        try:
-            return load_dataset(
-                self.run.data["name"], self.device, **self.run.data.get("kwargs", {})
-            )
-        except DataError as err:
-            # okdph's messages speak its --set syntax; say what landscape's flag is.
-            text = (
-                str(err)
-                .replace("pass data.download=true or a valid data.root", "pass --data-root DIR")
-                .replace("pass data.download=true to fetch", "pass --data-root DIR holding")
-            )
-            raise LandscapeError(text) from None
+        return load_dataset(self.run.data, self.device)
 
     def n_samples(self, split: str) -> int:
         return sum(len(y) for _, y in self.data(split))

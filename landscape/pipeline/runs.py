@@ -9,14 +9,14 @@ Three layouts are read:
 * ``state_dicts``: a folder of plain state-dict files (``*.pt``, ``*.pth``, ``*.pkl``), one member
   per file (named by its stem), needs ``arch`` and ``data``.
 
-Networks are rebuilt only through the model registry (``okdph.models.create``), never from an
-import path written in a file; state dicts load with ``weights_only=True``.
+Networks are rebuilt through okdph's model factory (``okdph.models.create``, via
+:mod:`landscape.pipeline.okdph_adapter`): a registry name, an entry point of the ``okdph.models``
+group, or an import path ``package.module:callable``. An import path in run.json imports that
+module, as training did; state dicts load with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import ast
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +26,15 @@ import torch
 from torch import Tensor, nn
 
 from landscape.core.errors import LandscapeError
+from landscape.pipeline.okdph_adapter import (
+    build_model,
+    model_accepts,
+    num_classes,
+    parse_arch,
+    read_run_info,
+    run_checkpoints,
+)
 
-_OURS = re.compile(r"^epoch_(\d+)\.pt$")
 _REFERENCE = re.compile(r"^net(\d+)_(\d+)ep\.pkl$")
 _STATE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt")
 
@@ -109,14 +116,8 @@ class Run:
         return state
 
     def build_model(self, member: str) -> nn.Module:
-        """A fresh network of the member's architecture (random weights), from the registry."""
-        from okdph.models import UnknownModelError, create
-
-        arch = self.member_arch.get(member, self.arch)
-        try:
-            return create(arch["name"], **arch.get("kwargs", {}))
-        except (UnknownModelError, ValueError) as err:
-            raise LandscapeError(str(err)) from None
+        """A fresh network of the member's architecture (random weights)."""
+        return build_model(self.member_arch.get(member, self.arch))
 
     def load_model(
         self, checkpoint: Checkpoint, member: str, device: torch.device | str = "cpu"
@@ -166,27 +167,6 @@ def _need(value: Any, option: str, layout: str, path: Path) -> Any:
     return value
 
 
-def _literal(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return {"true": True, "false": False}.get(text.lower(), text)
-
-
-def parse_arch(text: str) -> dict[str, Any]:
-    """``"resnet32"`` or ``"cnn_digits:width=32,bn=true"`` -> ``{"name", "kwargs"}``."""
-    name, _, rest = text.partition(":")
-    kwargs = {}
-    for item in filter(None, rest.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise LandscapeError(
-                f"--arch arguments must look like name:key=value,key=value, not {text!r}"
-            )
-        kwargs[key.strip()] = _literal(value.strip())
-    return {"name": name.strip(), "kwargs": kwargs}
-
-
 def _arch_spec(arch: str | dict[str, Any] | None, num_classes: int | None) -> dict[str, Any] | None:
     if arch is None:
         return None
@@ -195,7 +175,7 @@ def _arch_spec(arch: str | dict[str, Any] | None, num_classes: int | None) -> di
         if isinstance(arch, str)
         else {"name": arch["name"], "kwargs": dict(arch.get("kwargs", {}))}
     )
-    if num_classes is not None:
+    if num_classes is not None and model_accepts(spec["name"], "num_classes"):
         spec["kwargs"].setdefault("num_classes", num_classes)
     return spec
 
@@ -207,8 +187,7 @@ def _data_spec(data: str | dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _num_classes(data: dict[str, Any] | None) -> int | None:
-    name = (data or {}).get("name", "")
-    return 100 if name == "cifar100" else 10 if name else None
+    return num_classes(data) if data else None
 
 
 def open_run(
@@ -236,14 +215,16 @@ def open_run(
     if not path.is_dir():
         raise LandscapeError(f"{path} is not a directory")
     if data_root is not None:
+        spec = _data_spec(data)
+        if spec is not None:  # the classes of a foreign layout are counted from these files
+            data = {**spec, "kwargs": {**spec.get("kwargs", {}), "root": str(data_root)}}
         run = open_run(path, arch, data)
         run.data = {**run.data, "kwargs": {**run.data.get("kwargs", {}), "root": str(data_root)}}
         return run
     if (path / "run.json").exists():
         return _open_ours(path)
     files = sorted(p for p in path.iterdir() if p.is_file())
-    reference = [(p, _REFERENCE.match(p.name)) for p in files]
-    reference = [(p, m) for p, m in reference if m]
+    reference = [(p, m) for p in files if (m := _REFERENCE.match(p.name))]
     data_spec = _data_spec(data)
     if reference:
         data_spec = _need(data_spec, "--data", "reference-layout (net{i}_{epoch}ep.pkl)", path)
@@ -299,14 +280,7 @@ def open_run(
 
 
 def _open_ours(path: Path) -> Run:
-    try:
-        info = json.loads((path / "run.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LandscapeError(
-            f"{path / 'run.json'} is not valid JSON ({err.__class__.__name__})"
-        ) from None
-    if not isinstance(info, dict) or info.get("format") != "okdph-run":
-        raise LandscapeError(f"{path / 'run.json'} is not an okdph run description")
+    info = read_run_info(path)
     try:
         arch = info["arch"]
         data = {"name": info["data"]["name"], "kwargs": dict(info["data"].get("kwargs", {}))}
@@ -314,28 +288,17 @@ def _open_ours(path: Path) -> Run:
     except (KeyError, TypeError) as err:
         raise LandscapeError(f"{path / 'run.json'} lacks the field {err}") from None
     checkpoints = []
-    ckpt_dir = path / "checkpoints"
-    for p in sorted(ckpt_dir.iterdir()) if ckpt_dir.is_dir() else []:
-        m = _OURS.match(p.name)
-        if not m:
-            continue
-        sidecar_path = p.with_suffix(".json")
-        sidecar = {}
-        if sidecar_path.exists():
-            try:
-                sidecar = json.loads(sidecar_path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                sidecar = {}  # the sidecar is a convenience; the checkpoint itself decides
-        if not isinstance(sidecar, dict):
-            sidecar = {}
+    for found in run_checkpoints(path):
+        sidecar = found.sidecar
         names = sidecar.get("members", list(members_info))
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             names = list(members_info)
+        metrics = sidecar.get("metrics")
         checkpoints.append(
             Checkpoint(
-                int(m.group(1)),
-                {n: p for n in names},
-                sidecar.get("metrics", {}) if isinstance(sidecar.get("metrics"), dict) else {},
+                found.epoch,
+                {n: found.path for n in names},
+                metrics if isinstance(metrics, dict) else {},
             )
         )
     if not checkpoints:

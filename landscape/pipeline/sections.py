@@ -35,8 +35,28 @@ def table_columns() -> list[tuple[str, str]]:
     measure's fields that have a heading, and the test accuracy logged in training."""
     columns = [("member", "member")]
     for measure in measures().values():
-        columns += [(f.name, f.heading) for f in measure.fields if f.heading]
+        if measure.scope is Scope.MEMBER:
+            columns += [(f.name, f.heading) for f in measure.fields if f.heading]
     return [*columns, ("test_acc", "test accuracy")]
+
+
+def invariance_note() -> str:
+    """Which of the table's measures survive a reparametrisation that leaves the network's
+    function unchanged (a layer scaled by c and the next by 1/c; a convolution scaled with its
+    BatchNorm statistics, Dinh et al. 2017), from the registry's fields."""
+    fields = [
+        f
+        for m in measures().values()
+        if m.scope is Scope.MEMBER
+        for f in m.fields
+        if f.compare and f.correlate
+    ]
+    invariant = ", ".join(f.name for f in fields if f.invariant) or "none"
+    not_invariant = ", ".join(f.name for f in fields if not f.invariant) or "none"
+    return (
+        "Reparametrisations that leave the function unchanged (a layer scaled by c and the next "
+        f"by 1/c, Dinh et al. 2017) leave {invariant} unchanged and move {not_invariant}."
+    )
 
 
 def build_sections(summary: Mapping[str, Any]) -> list[SectionFigures]:
@@ -72,7 +92,10 @@ def build_sections(summary: Mapping[str, Any]) -> list[SectionFigures]:
             if drawn:
                 order.setdefault(measure.section.name, (measure.section, []))[1].extend(drawn)
         for section, figs in order.values():
-            sections.append((section.heading.format(epoch=epoch), section.text, figs))
+            text = section.text
+            if epoch is not None and section.name == "curvature":
+                text = f"{text} {invariance_note()}"
+            sections.append((section.heading.format(epoch=epoch), text, figs))
 
     for epoch in summary["epochs"]:
         draw(epoch)

@@ -29,17 +29,11 @@ from typing import Any
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; one analysis per folder is then on the user
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # checked before every use
 
 from landscape.core.errors import LandscapeError
+from landscape.core.io import atomic_write_json
 from landscape.core.records import json_safe
-from okdph.run import atomic_write_bytes
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as strict JSON (non-finite floats become null) via a temp file + os.replace."""
-    text = json.dumps(json_safe(obj), indent=1, allow_nan=False) + "\n"
-    atomic_write_bytes(path, text.encode())
 
 
 def fingerprint(*parts: Any) -> str:
@@ -79,6 +73,20 @@ class ResultsStore:
 
     def get(self, key: str, fp: str) -> dict[str, Any] | None:
         """The stored record of ``key`` if it was computed with fingerprint ``fp``."""
+        entry = self._entry(key)
+        if entry is None or entry.get("fingerprint") != fp:
+            return None
+        return entry.get("record")
+
+    def stored_definition(self, key: str) -> str | None:
+        """The definition of the record stored under ``key`` whatever its fingerprint (``None``
+        when there is none), to say why a stored piece is recomputed."""
+        entry = self._entry(key)
+        record = entry.get("record") if entry else None
+        found = record.get("definition") if isinstance(record, dict) else None
+        return found if isinstance(found, str) else None
+
+    def _entry(self, key: str) -> dict[str, Any] | None:
         path = self._path(key)
         if not path.exists():
             return None
@@ -86,9 +94,7 @@ class ResultsStore:
             entry = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None  # a file torn outside our atomic writes: recompute it
-        if entry.get("fingerprint") != fp:
-            return None
-        return entry["record"]
+        return entry if isinstance(entry, dict) else None
 
     def put(self, key: str, fp: str, record: dict[str, Any]) -> None:
         """Store a finished piece; its partial chunks, now summed up in the record, are removed."""

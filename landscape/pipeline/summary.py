@@ -12,13 +12,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from landscape.core.io import atomic_write_bytes, atomic_write_json
 from landscape.measures.base import PieceKey, Scope
 from landscape.measures.registry import measures
+from landscape.pipeline.okdph_adapter import read_metrics
 from landscape.pipeline.runs import Run
 from landscape.pipeline.sections import build_sections
-from landscape.pipeline.store import atomic_write_json
 from landscape.report.html import ExportUnavailable, export_figures, write_report
-from okdph.run import RunDir, atomic_write_bytes
 
 
 def _records_by_measure(
@@ -33,6 +33,21 @@ def _records_by_measure(
         if key.measure in known:
             out[key.measure][key] = rec
     return out
+
+
+def hessian_products(record: Mapping[str, Any]) -> int:
+    """Hessian-vector products a record spent: its ``n_hvp`` (an eigen-solve's includes its
+    search), or the sum over the results it holds one level down (``adaptive``: eigen + trace)."""
+    own = record.get("n_hvp")
+    if isinstance(own, int):
+        return own
+    if isinstance(own, list):  # per parameter group
+        return sum(int(n) for n in own)
+    return sum(
+        int(v["n_hvp"])
+        for v in record.values()
+        if isinstance(v, Mapping) and isinstance(v.get("n_hvp"), int)
+    )
 
 
 def flatness_rows(run: Run, epoch: int, records: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -51,13 +66,16 @@ def flatness_rows(run: Run, epoch: int, records: Mapping[str, Any]) -> list[dict
             row.update(measure.summarise(rec))
             if isinstance(rec.get("compute_seconds"), (int, float)):
                 row[f"{name}_seconds"] = rec["compute_seconds"]
+            products = hessian_products(rec)
+            if products:
+                row[f"{name}_n_hvp"] = products
     members = sorted(per_member, key=lambda m: (run.roles.get(m) == "hybrid", m))
     rows = []
     for m in members:
-        row: dict[str, Any] = {"member": m, "role": run.roles.get(m, "network"), **per_member[m]}
+        entry: dict[str, Any] = {"member": m, "role": run.roles.get(m, "network"), **per_member[m]}
         if f"{m}/test_acc" in metrics:
-            row["test_acc"] = metrics[f"{m}/test_acc"]
-        rows.append(row)
+            entry["test_acc"] = metrics[f"{m}/test_acc"]
+        rows.append(entry)
     if "ensemble/test_acc" in metrics:
         rows.append(
             {"member": "ensemble", "role": "ensemble", "test_acc": metrics["ensemble/test_acc"]}
@@ -76,7 +94,7 @@ def tracking_series(run: Run) -> dict[str, Any]:
         return {}
     points = [
         r
-        for r in RunDir(run.path).read_metrics()  # skips torn and undecodable lines
+        for r in read_metrics(run.path)  # skips torn and undecodable lines
         if "curv/lr" in r and isinstance(r.get("epoch"), (int, float))
     ]
     members = sorted(
@@ -189,6 +207,17 @@ def _remove_stale_figures(folder: Path, current: set[str]) -> None:
     for path in folder.iterdir():
         if path.suffix in (".json", ".png", ".svg", ".pdf") and path.stem not in current:
             path.unlink(missing_ok=True)
+
+
+def costliest(summary: Mapping[str, Any], n: int = 3) -> list[tuple[str, float]]:
+    """The ``n`` pieces that took longest to compute, ``[(results path, seconds)]`` (pieces
+    stored before timings were recorded have none and are left out)."""
+    timed = [
+        (path, float(rec["compute_seconds"]))
+        for path, rec in summary["records"].items()
+        if isinstance(rec, Mapping) and isinstance(rec.get("compute_seconds"), (int, float))
+    ]
+    return sorted(timed, key=lambda item: -item[1])[:n]
 
 
 def stdout_table(summary: Mapping[str, Any]) -> str:

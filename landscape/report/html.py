@@ -22,7 +22,7 @@ import plotly
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from okdph.run import atomic_write_bytes
+from landscape.core.io import atomic_write_bytes
 
 STATIC_FORMATS = ("png", "svg", "pdf")
 
@@ -39,10 +39,21 @@ def _settings_table(settings: Mapping[str, Any]) -> str:
     return "<table class='settings'>" + "".join(rows) + "</table>"
 
 
+class HtmlBlock:
+    """Markup placed among a section's figures as it is (a table, a note); whoever builds it
+    escapes the text it holds."""
+
+    def __init__(self, markup: str) -> None:
+        self.markup = markup
+
+    def to_html(self, **_: Any) -> str:
+        return self.markup
+
+
 def write_report(
     path: str | Path,
     title: str,
-    sections: Sequence[tuple[str, str, Sequence[go.Figure]]],
+    sections: Sequence[tuple[str, str, Sequence[go.Figure | HtmlBlock]]],
     settings: Mapping[str, Any],
     *,
     inline_plotlyjs: bool = False,
@@ -52,7 +63,8 @@ def write_report(
     Args:
         path: the ``report.html`` to write (its folder receives ``plotly.min.js`` unless inlined).
         title: page title (escaped).
-        sections: ``(heading, explanatory text, figures)``; heading and text are escaped.
+        sections: ``(heading, explanatory text, figures)``; heading and text are escaped;
+            an :class:`HtmlBlock` among the figures is placed as it is.
         settings: every setting of the analysis, shown as a table at the end.
         inline_plotlyjs: embed plotly.js in the page (one ~4.5 MB file) instead of beside it.
 
@@ -81,6 +93,9 @@ def write_report(
         if text:
             body.append(f"<p>{html.escape(text)}</p>")
         for fig in figures:
+            if isinstance(fig, HtmlBlock):
+                body.append(fig.markup)
+                continue
             body.append(
                 fig.to_html(
                     full_html=False,

@@ -15,6 +15,7 @@ from typing import Any
 from landscape.core.errors import LandscapeError
 from landscape.measures.base import Field, PieceKey, Scope, is_number
 from landscape.measures.registry import measures
+from landscape.pipeline.okdph_adapter import read_run_info, read_study
 
 # Settings that may differ between runs without making their numbers incomparable.
 IGNORED_SETTINGS = {"members", "analyses", "device", "epochs", "lanczos_basis"}
@@ -51,10 +52,9 @@ class RunRecord:
 
 def study_runs(path: Path) -> tuple[dict[str, Any] | None, list[tuple[Path, str]]]:
     """``(study.json or None, [(run dir, method label)])`` of a study directory or run list."""
-    study_file = path / "study.json"
-    if not study_file.exists():
+    study = read_study(path)
+    if study is None:
         return None, []
-    study = json.loads(study_file.read_text())
     runs = []
     for r in study["runs"]:
         label = "-".join(p for p in (r["method"], r["variant"]) if p)
@@ -64,12 +64,10 @@ def study_runs(path: Path) -> tuple[dict[str, Any] | None, list[tuple[Path, str]
 
 def load_run(path: Path, label: str | None = None) -> RunRecord:
     """The tidy numbers of one analysed run (``LandscapeError`` when it is not analysed)."""
-    info_file, summary_file = path / "run.json", path / "analysis" / "summary.json"
-    if not info_file.exists():
-        raise LandscapeError(f"{path} is not a run directory (it has no run.json)")
+    info = read_run_info(path)
+    summary_file = path / "analysis" / "summary.json"
     if not summary_file.exists():
         raise LandscapeError(f"{path} is not analysed yet; run `landscape analyze {path}` first")
-    info = json.loads(info_file.read_text())
     summary = json.loads(summary_file.read_text())
     if info.get("status") != "complete":
         raise LandscapeError(f"{path} has not finished training (status {info.get('status')!r})")
@@ -80,16 +78,23 @@ def load_run(path: Path, label: str | None = None) -> RunRecord:
             f"({info.get('epochs_done')}); analyse with --epochs last"
         )
     base_arch = info.get("arch")
-    kinds, values = {}, {}
+    members = info.get("members", {}) if isinstance(info.get("members"), dict) else {}
+
+    def kind_of(member: str, role: Any) -> str:
+        if role in ("ensemble", "hybrid", "average"):
+            return str(role)
+        entry = members.get(member)
+        arch = entry.get("arch") if isinstance(entry, dict) else None
+        return "students" if arch in (None, base_arch) else "pruned"
+
+    # Every member run.json lists, even when only curves (no member rows) were analysed.
+    kinds = {
+        m: kind_of(m, v.get("role") if isinstance(v, dict) else None) for m, v in members.items()
+    }
+    values: dict[str, dict[str, float]] = {}
     for row in summary["flatness"][str(epoch)]:
         member = row["member"]
-        if row.get("role") == "ensemble":
-            kinds[member] = "ensemble"
-        elif row.get("role") in ("hybrid", "average"):
-            kinds[member] = row["role"]
-        else:
-            arch = info.get("members", {}).get(member, {}).get("arch")
-            kinds[member] = "students" if arch in (None, base_arch) else "pruned"
+        kinds[member] = kind_of(member, row.get("role"))
         values[member] = (
             {"test_acc": float(row["test_acc"])} if is_number(row.get("test_acc")) else {}
         )

@@ -65,9 +65,11 @@ def compare_runs(
         for kind in KINDS:
             for measure, f in fields.items():
                 vals = [
-                    means[(r.method, r.seed, kind)].get(measure) for r in runs if r.method == method
+                    v
+                    for r in runs
+                    if r.method == method
+                    and (v := means[(r.method, r.seed, kind)].get(measure)) is not None
                 ]
-                vals = [v for v in vals if v is not None]
                 if vals:
                     table[method][kind][measure] = asdict(stats.describe(vals, log=f.log))
     primary = study.get("primary", {})
@@ -106,13 +108,13 @@ def compare_runs(
                     }
                 )
     for family, adjust in (("primary", stats.holm), ("exploratory", stats.benjamini_hochberg)):
-        members = [c for c in contrasts if c["family"] == family and math.isfinite(c["p"])]
-        for c, p in zip(members, adjust([c["p"] for c in members]), strict=True):
-            c["p_adj"] = p
-    for c in contrasts:
-        c.setdefault("p_adj", math.nan)
-        c["relevance"] = relevance(c["measure"], declared)
-        c["verdict"] = verdict(c)
+        members = [row for row in contrasts if row["family"] == family and math.isfinite(row["p"])]
+        for row, p in zip(members, adjust([row["p"] for row in members]), strict=True):
+            row["p_adj"] = p
+    for row in contrasts:
+        row.setdefault("p_adj", math.nan)
+        row["relevance"] = relevance(row["measure"], declared)
+        row["verdict"] = verdict(row)
     correlations = _correlations(runs, means, max_train_error)
     tracking = tracking_bands(runs)
     caveats = _caveats(methods, runs)

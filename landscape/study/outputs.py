@@ -13,10 +13,10 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from landscape.core.io import atomic_write_bytes
 from landscape.report.figures import PALETTE
 from landscape.report.html import ExportUnavailable, export_figures, write_report
 from landscape.study.collect import RunRecord, compare_fields, run_means
-from okdph.run import atomic_write_bytes
 
 
 def tidy_rows(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:

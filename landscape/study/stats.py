@@ -139,13 +139,13 @@ def sign_flip_p(d: np.ndarray) -> float:
 
 def holm(p: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values (family-wise error), in the input order."""
-    p = np.asarray(p, float)
-    m = len(p)
-    order = np.argsort(p)
+    values = np.asarray(p, float)
+    m = len(values)
+    order = np.argsort(values)
     adjusted = np.empty(m)
     running = 0.0
     for rank, i in enumerate(order):
-        running = max(running, (m - rank) * p[i])
+        running = max(running, (m - rank) * values[i])
         adjusted[i] = min(1.0, running)
     return adjusted.tolist()
 

@@ -4,6 +4,9 @@ A method is an ``nn.Module`` that owns its networks (``self.nets``, a ``ModuleDi
 the checkpoint member names) and any extra trainable state (attention projections, peer weights).
 The trainer owns the loop; the method owns the joint loss of one batch and anything that happens
 between steps (OKDPH's fusion).
+
+Methods outside okdph arrive through the ``okdph.methods`` entry-point group: each entry point
+names a :class:`Method` subclass whose ``name`` is the entry point's name.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from okdph.config import ConfigError, build_method_config
+from okdph.plugins import EntryPointGroup
 
 
 @dataclass
@@ -195,6 +199,20 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
 _METHODS: dict[str, type[Method]] = {}
 
 
+def _not_a_method(name: str, obj: Any) -> str | None:
+    if not (isinstance(obj, type) and issubclass(obj, Method)):
+        return f"it is {obj!r}, not a subclass of okdph.methods.Method"
+    if obj.name != name:
+        return (
+            f"its class {obj.__qualname__} is named {obj.name!r}; the class's name attribute "
+            "must be the entry point's name (run.json records it)"
+        )
+    return None
+
+
+PLUGINS = EntryPointGroup("okdph.methods", "method", check=_not_a_method, error=ConfigError)
+
+
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: register a Method subclass under its ``name``."""
     if cls.name in _METHODS:
@@ -203,16 +221,23 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def list_methods() -> list[str]:
-    return sorted(_METHODS)
+def list_methods(plugins: bool = True) -> list[str]:
+    """Method names, sorted: the built-in ones and (``plugins``) those of the ``okdph.methods``
+    entry points (not imported until used)."""
+    return sorted(set(_METHODS) | (set(PLUGINS.names()) if plugins else set()))
 
 
 def method_class(name: str) -> type[Method]:
-    if name not in _METHODS:
+    """The class of method ``name``: a built-in one or an ``okdph.methods`` entry point, a
+    :class:`Method` subclass whose ``name`` is the entry point's."""
+    if name in _METHODS:
+        return _METHODS[name]
+    cls = PLUGINS.load(name)
+    if cls is None:
         raise ConfigError(
             f"unknown method {name!r}; available methods: {', '.join(list_methods())}"
         )
-    return _METHODS[name]
+    return cls
 
 
 def build_method(

@@ -35,13 +35,14 @@ class DML(Method):
         cfg = self.config
         logits = [net(x) for net, x in zip(self.students, views)]
         terms: dict[str, Tensor] = {}
-        total = 0.0
+        total: Tensor = 0.0  # type: ignore[assignment]  # a tensor once a member's loss is added
         for i, z in enumerate(logits):
             ce = F.cross_entropy(z, y)
             peers = [p.detach() for j, p in enumerate(logits) if j != i]
             kd = sum(kd_loss(z, p, cfg.temperature) for p in peers) / max(1, len(peers))
             loss = ce + cfg.kd_weight * kd
-            terms.update({f"student_{i}/ce": ce, f"student_{i}/kd": kd, f"student_{i}/loss": loss})
+            # kd is 0.0 (a float) when there is a single student
+            terms.update({f"student_{i}/ce": ce, f"student_{i}/kd": kd, f"student_{i}/loss": loss})  # type: ignore[dict-item]
             total = total + loss
         terms["loss"] = total
         return total, terms

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -24,6 +26,7 @@ class Independent(Method):
         for i, (net, x) in enumerate(zip(self.students, views)):
             ce = F.cross_entropy(net(x), y)
             terms[f"student_{i}/ce"] = terms[f"student_{i}/loss"] = ce
-        total = sum(terms[f"student_{i}/loss"] for i in range(self.num_students))
+        # a tensor: there is at least one student (sum() is typed as possibly returning its 0 start)
+        total = cast(Tensor, sum(terms[f"student_{i}/loss"] for i in range(self.num_students)))
         terms["loss"] = total
         return total, terms

@@ -129,7 +129,7 @@ class KDCL(Method):
         logits = [net(x) for net, x in zip(self.students, views)]
         teacher = kdcl_teacher(logits, y, cfg.teacher)
         terms: dict[str, Tensor] = {}
-        total = 0.0
+        total: Tensor = 0.0  # type: ignore[assignment]  # a tensor once a member's loss is added
         for i, z in enumerate(logits):
             ce = F.cross_entropy(z, y)
             kd = kd_loss(z, teacher, cfg.temperature)

@@ -211,7 +211,8 @@ class OKDDip(Method):
         targets = aggregate(alpha, peer_logits)
         weight = ramp_weight(ctx.epoch, self.rampup(ctx.epochs), cfg.alpha)
         terms: dict[str, Tensor] = {}
-        ce_sum, kd_sum = 0.0, 0.0
+        ce_sum: Tensor | float = 0.0  # a float only when there are no peers
+        kd_sum: Tensor | float = 0.0
         for a in range(peers):
             ce = F.cross_entropy(logits[a], y)
             kd = soft_kl(logits[a], targets[:, a], cfg.temperature, cfg.eps)

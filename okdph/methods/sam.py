@@ -85,7 +85,7 @@ class SAM(Method):
         terms: dict[str, Tensor] = {}
         total: Tensor | float = 0.0
         for i, (net, x) in enumerate(zip(self.students, views)):
-            params = [p for p in net.parameters() if p.requires_grad]
+            params: list[Tensor] = [p for p in net.parameters() if p.requires_grad]
             first = smooth_cross_entropy(net(x), y, cfg.label_smoothing)
             grads = [ctx.global_mean(g) for g in torch.autograd.grad(first, params)]
             with torch.no_grad():

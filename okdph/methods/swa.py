@@ -61,6 +61,7 @@ def freeze(net: nn.Module) -> nn.Module:
 @register_method
 class SWA(Independent):
     name = "swa"
+    models_averaged: Tensor  # a buffer registered in __init__ (declared for the type checker)
     loss_terms = {
         "student_i/ce": "CE(z_i, y)",
         "student_i/loss": "CE(z_i, y)",

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -96,7 +96,9 @@ def ensemble_gradients(
     """Gradients of L_ens = CE(sum_i w_i z_i, y) w.r.t. the weights and (optionally) ``params``;
     the graph is kept for later backward passes."""
     w = weights.detach().clone().requires_grad_(True)
-    outer = F.cross_entropy(sum(w[i] * z for i, z in enumerate(logits)), y)
+    # sum() of the members' logits is a tensor, never its int start
+    ensemble = cast(Tensor, sum(w[i] * z for i, z in enumerate(logits)))
+    outer = F.cross_entropy(ensemble, y)
     grads = torch.autograd.grad(outer, [w, *params], retain_graph=True, allow_unused=True)
     return grads[0], tuple(grads[1:])
 
@@ -149,6 +151,9 @@ def keep_fractions(num: int, head_widths: Sequence[float], min_width: float) -> 
 class WML(Method):
     name = "wml"
     default_init = "independent"
+    # Buffers registered in __init__ (declared for the type checker).
+    peer_weights: Tensor
+    last_hypergrad: Tensor
     loss_terms = {
         "peer_i/ce": "CE(z_i, y)",
         "peer_i/kd": "sum_{j != i} w_j T^2 KL(softmax(z_j/T) || softmax(z_i/T)), z_j detached "
@@ -241,18 +246,20 @@ class WML(Method):
         w = self.peer_weights.clone()
         kd = pairwise_kd(logits, cfg.temperature, cfg.detach_targets)
         terms: dict[str, Tensor] = {}
-        total = 0.0
+        total: Tensor = 0.0  # type: ignore[assignment]  # a tensor once a member's loss is added
         for i, z in enumerate(logits):
             ce = F.cross_entropy(z, y)
             kd_i = sum(w[j] * kd[i][j] for j in range(len(logits)) if j != i)
             loss = (1 - cfg.alpha) * ce + cfg.alpha * kd_i
-            terms.update({f"peer_{i}/ce": ce, f"peer_{i}/kd": kd_i, f"peer_{i}/loss": loss})
+            # kd_i is 0 (an int) when there is a single member
+            terms.update({f"peer_{i}/ce": ce, f"peer_{i}/kd": kd_i, f"peer_{i}/loss": loss})  # type: ignore[dict-item]
             total = total + loss
         self._pending = None
         if self.training and torch.is_grad_enabled() and ctx.step % cfg.weight_every == 0:
             self._prepare_update(views, y, logits, kd, ctx)
         with torch.no_grad():
-            ensemble = sum(w[i] * z for i, z in enumerate(logits))
+            # sum() of the members' logits is a tensor, never its int start
+            ensemble = cast(Tensor, sum(w[i] * z for i, z in enumerate(logits)))
             terms["ensemble/ce"] = F.cross_entropy(ensemble, y)
         for i in range(len(logits)):
             terms[f"weight/peer_{i}"] = w[i]

@@ -14,9 +14,24 @@ yields each shared tensor once, so the optimiser updates it once.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor, nn
+
+
+class _Branchable(Protocol):
+    """The branch protocol's members, for the type checker (``nn.Module.__getattr__`` types every
+    submodule attribute as ``Tensor | Module``)."""
+
+    trunk_modules: Sequence[str]
+    classifier: Callable[[Tensor], Tensor]
+
+    def trunk(self, x: Tensor) -> Tensor: ...
+
+    def head_features(self, h: Tensor) -> Tensor: ...
+
+    def features(self, x: Tensor) -> Tensor: ...
 
 
 def scaled_width(width: int, keep: float) -> int:
@@ -48,7 +63,7 @@ def tie_trunks(models: Sequence[nn.Module]) -> None:
     """
     first = models[0]
     for model in models[1:]:
-        for path in first.trunk_modules:
+        for path in cast(_Branchable, first).trunk_modules:
             source = first.get_submodule(path)
             target = model.get_submodule(path)
             shapes = [p.shape for p in source.state_dict().values()]
@@ -65,30 +80,36 @@ def member_outputs(
     With ``shared_trunk`` the trunk runs once on ``views[0]`` and every head reads its output (the
     branch layout); otherwise member i runs on ``views[i]``.
     """
+    members = cast("Sequence[_Branchable]", nets)
     if shared_trunk:
-        h = nets[0].trunk(views[0])
-        features = [net.head_features(h) for net in nets]
+        h = members[0].trunk(views[0])
+        features = [net.head_features(h) for net in members]
     else:
-        features = [net.features(x) for net, x in zip(nets, views)]
-    return features, [net.classifier(f) for net, f in zip(nets, features)]
+        features = [net.features(x) for net, x in zip(members, views)]
+    return features, [net.classifier(f) for net, f in zip(members, features)]
 
 
-def cached_trunk_forwards(nets: Mapping[str, nn.Module]) -> dict[str, Callable[[Tensor], Tensor]]:
+def cached_trunk_forwards(
+    nets: Mapping[str, nn.Module] | nn.ModuleDict,
+) -> dict[str, Callable[[Tensor], Tensor]]:
     """Member name -> logits function for tied members that runs the shared trunk once per input.
 
     Evaluation calls every member on the same batch tensor in turn; the trunk output of the last
     input is reused while the caller passes that same tensor object.
     """
-    first = next(iter(nets.values()))
+    first = cast(_Branchable, next(iter(nets.values())))
     cache: dict[str, Tensor | None] = {"x": None, "h": None}
 
     def trunk(x: Tensor) -> Tensor:
         if cache["x"] is not x:
             cache["x"], cache["h"] = x, first.trunk(x)
-        return cache["h"]
+        h = cache["h"]
+        assert h is not None  # always set together with cache["x"]
+        return h
 
     def forward(net: nn.Module) -> Callable[[Tensor], Tensor]:
-        return lambda x: net.classifier(net.head_features(trunk(x)))
+        member = cast(_Branchable, net)
+        return lambda x: member.classifier(member.head_features(trunk(x)))
 
     return {name: forward(net) for name, net in nets.items()}
 

@@ -88,7 +88,7 @@ class CifarResNet(nn.Module):
         num_classes: int = 10,
         width_per_group: int = 64,
         in_channels: int = 3,
-        widths: tuple[int, int, int] = DEFAULT_WIDTHS,
+        widths: Sequence[int] = DEFAULT_WIDTHS,  # three stage widths (checked below)
     ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -156,6 +156,38 @@ def resnet32(
     """CIFAR ResNet-32: BasicBlock [5, 5, 5] (0.467M parameters for 10 classes)."""
     return CifarResNet(
         BasicBlock, (5, 5, 5), num_classes, in_channels=in_channels, widths=tuple(widths)
+    )
+
+
+# Shallower basic-block ResNets of the same family (He et al. 2016's 6n+2 rule), for CPU budgets:
+# one input channel and ``widths=(8, 16, 32)`` make them Fashion-MNIST's small students.
+@register("resnet8")
+def resnet8(
+    num_classes: int = 10, in_channels: int = 3, widths: Sequence[int] = DEFAULT_WIDTHS
+) -> CifarResNet:
+    """CIFAR ResNet-8: BasicBlock [1, 1, 1] (78k parameters at widths 16/32/64, 20k at 8/16/32)."""
+    return CifarResNet(
+        BasicBlock, (1, 1, 1), num_classes, in_channels=in_channels, widths=tuple(widths)
+    )
+
+
+@register("resnet14")
+def resnet14(
+    num_classes: int = 10, in_channels: int = 3, widths: Sequence[int] = DEFAULT_WIDTHS
+) -> CifarResNet:
+    """CIFAR ResNet-14: BasicBlock [2, 2, 2] (0.175M parameters at widths 16/32/64)."""
+    return CifarResNet(
+        BasicBlock, (2, 2, 2), num_classes, in_channels=in_channels, widths=tuple(widths)
+    )
+
+
+@register("resnet20")
+def resnet20(
+    num_classes: int = 10, in_channels: int = 3, widths: Sequence[int] = DEFAULT_WIDTHS
+) -> CifarResNet:
+    """CIFAR ResNet-20: BasicBlock [3, 3, 3] (0.272M parameters at widths 16/32/64)."""
+    return CifarResNet(
+        BasicBlock, (3, 3, 3), num_classes, in_channels=in_channels, widths=tuple(widths)
     )
 
 

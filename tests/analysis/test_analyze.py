@@ -37,6 +37,12 @@ def test_full_suite_on_our_layout(tiny_run):
     for member in ("student_0", "student_1", "hybrid"):
         assert rows[member]["lambda_max"] >= rows[member]["lambda_min"]
         assert rows[member]["trace_stderr"] > 0
+        # Where the time goes: every piece's seconds, and the Hessian products it spent.
+        eigen = summary["records"][f"epoch_0002/{member}/eigen"]
+        assert rows[member]["eigen_n_hvp"] == eigen["n_hvp"] > 0
+        assert rows[member]["eigen_seconds"] == eigen["compute_seconds"] > 0
+        assert rows[member]["trace_n_hvp"] > 0 and rows[member]["fit_seconds"] > 0
+        assert 0 < rows[member]["mean_confidence"] <= 1 and "margin_p10" in rows[member]
     curve = summary["records"]["epoch_0002/interp/student_0--student_1"]
     assert curve["alphas"][0] == -0.25 and 0.0 in curve["alphas"] and 1.0 in curve["alphas"]
     # Every point, the ends included, follows one BatchNorm policy (recalibration on the subset),
@@ -56,8 +62,8 @@ def test_full_suite_on_our_layout(tiny_run):
 
 
 def _own_loss(run_dir, member):
-    from landscape.pipeline.runs import open_run
     from landscape.pipeline.context import Context
+    from landscape.pipeline.runs import open_run
 
     ctx = Context(open_run(run_dir), fast_settings(), show_progress=False)
     model = ctx.model(2, member)

@@ -17,6 +17,7 @@ from curvature_cases import (
 )
 
 from landscape.core.errors import LandscapeError
+from landscape.curvature.certify import kw_epsilon
 from landscape.curvature.eigenvalues import top_eigenvalues
 from landscape.curvature.lanczos import error_bounds, extreme_eigenpairs
 
@@ -331,9 +332,16 @@ def test_complement_search_finds_what_the_main_solve_missed_on_every_seed(k):
         )
         np.testing.assert_allclose(spec.values, exact, rtol=2e-4)
         assert np.all(np.abs(spec.values - exact) <= spec.error_bounds + 1e-12)
-        assert spec.search.top < exact[-1] and "(ii)" in spec.certificate
+        assert "(ii)" in spec.certificate
+        if k == 1:
+            # The solve grows its own Krylov space to the search's bound instead of a second
+            # run: the bound's top is the returned value, and nothing above it was missed.
+            assert spec.search.source == "solve" and spec.search.top == spec.values[0]
+            assert spec.search.eps <= kw_epsilon(spec.problem.n_params, 20, 0.01)
+        else:
+            assert spec.search.top < exact[-1]
         added += spec.added
-    assert added >= 1  # the merge path was exercised
+    assert added >= 1 or k == 1  # the merge path was exercised
 
 
 def test_complement_search_resolves_a_triple_eigenvalue():
@@ -379,3 +387,48 @@ def test_kuczynski_wozniakowski_bound_holds_on_many_seeds():
     with pytest.raises(LandscapeError):
         top_eigenvalues(model, loss, data, certify_top=1.5, show_progress=False)
     assert spec.to_dict()["search"]["delta"] == 0.05
+
+
+def test_the_solve_as_its_own_search_bounds_the_top_on_a_hidden_eigenvalue():
+    """k = 1: the solve's unrestarted Krylov space from a random start carries the
+    Kuczynski-Wozniakowski bound. A top eigenvalue 1.0 barely above a bulk reaching 0.999 is
+    hard to resolve; whatever the solve returns, H must have no eigenvalue above
+    top + eps x width on (far more than) a 1 - delta share of seeds."""
+    eigenvalues = torch.cat(
+        [torch.tensor([1.0], dtype=DTYPE), torch.linspace(0.0, 0.999, 299, dtype=DTYPE)]
+    )
+    model, loss, data = quadratic_problem(eigenvalues)
+    failures = 0
+    for seed in range(60):
+        spec = top_eigenvalues(
+            model, loss, data, k=1, which="largest", tol=1e-2, seed=seed, certify_top=0.01,
+            show_progress=False,
+        )  # fmt: skip
+        search = spec.search
+        assert search.source == "solve" and spec.added == 0
+        assert spec.n_hvp == search.steps + 1  # one run, its first product repeated
+        width = 1.0 - 0.0
+        failures += 1.0 > search.top + search.eps * width + 1e-12
+    assert failures == 0
+
+
+def test_tol_scale_spectrum_certifies_the_small_end_to_the_spectrum_scale():
+    eigenvalues = decaying_spectrum()
+    model, loss, data = quadratic_problem(eigenvalues)
+    exact = np.sort(eigenvalues.numpy())
+    runs = {
+        scale: top_eigenvalues(
+            model, loss, data, k=1, which="both", tol=1e-3, tol_scale=scale, show_progress=False
+        )
+        for scale in ("value", "spectrum")
+    }
+    for scale, spec in runs.items():
+        assert spec.converged.all() and spec.tol_scale == scale
+        assert abs(spec.values[0] - exact[-1]) <= spec.error_bounds[0]
+        assert abs(spec.values[1] - exact[0]) <= spec.error_bounds[1]
+    # The small end (|lambda_min| ~ 1 beside lambda_max = 50) is certified to 1e-3 x 50, not
+    # to 1e-3 x 1: fewer products, a bound that says so.
+    spectrum, value = runs["spectrum"], runs["value"]
+    assert spectrum.error_bounds[1] <= 1e-3 * 50 + spectrum.product_error
+    assert spectrum.n_hvp < value.n_hvp
+    assert "largest Ritz magnitude" in spectrum.certificate

@@ -95,3 +95,14 @@ def test_console_script_is_installed():
     assert "--preset" in out.stdout and "examples:" in out.stdout
     bad = subprocess.run([str(exe), "train", "--preset", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_repeated_vary_and_set_flags_accumulate():
+    from okdph.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["sweep", "--methods", "dml", "--out", "x", "--vary", "optim.lr=1,2", "--vary",
+         "batch_size=3,4", "--set", "epochs=2", "--set", "seed=1"]
+    )  # fmt: skip
+    assert args.vary == ["optim.lr=1,2", "batch_size=3,4"]  # two axes, not the last one
+    assert args.overrides == ["epochs=2", "seed=1"]

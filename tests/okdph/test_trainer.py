@@ -248,7 +248,7 @@ def test_keep_every_keeps_the_last_and_every_kth_and_resumes(tmp_path):
     # A stopped run keeps its last checkpoint, so it resumes from there.
     stopped = trainer.Trainer(build_session(cfg), RunDir(tmp_path / "stopped"), progress=False)
     stopped.run.path.mkdir()
-    stopped.run.write_info(describe_run(stopped.s))
+    stopped.run.write_info(describe_run(stopped.session))
     stopped.max_batches = 1
     stopped.fit(stop_at=3)
     assert [c.epoch for c in stopped.run.checkpoints()] == [0, 2, 3]

@@ -58,7 +58,8 @@ def test_averages_are_contrasted_separately_and_only_as_exploratory():
 def test_a_run_with_averages_keeps_them_out_of_the_barriers(tmp_path):
     run = tmp_path / "swa-s0"
     (run / "analysis").mkdir(parents=True)
-    info = {"status": "complete", "epochs_done": 3, "arch": {"name": "mlp"}, "config": {"seed": 0}}
+    info = {"format": "okdph-run", "status": "complete", "epochs_done": 3, "arch": {"name": "mlp"}}
+    info["config"] = {"seed": 0}
     info["method"] = {"name": "swa"}
     (run / "run.json").write_text(json.dumps(info))
     rows = [
