@@ -33,6 +33,7 @@ BUILTIN: tuple[str, ...] = (
     "plane:PlaneSurface",
     "surface:RandomSurface",
     "trajectory:Trajectory",
+    "relflat:RelativeFlatness",
 )
 
 _REGISTRY: dict[str, Measure] = {}

@@ -270,6 +270,7 @@ def test_analyses_list_is_complete():
         "plane",
         "surface",
         "trajectory",
+        "relflat",
     }
     assert set(measures()) == {*default_analyses(), "layers"}
 
