@@ -34,6 +34,7 @@ BUILTIN: tuple[str, ...] = (
     "surface:RandomSurface",
     "trajectory:Trajectory",
     "relflat:RelativeFlatness",
+    "adaptive:AdaptiveCurvature",
 )
 
 _REGISTRY: dict[str, Measure] = {}
