@@ -35,6 +35,7 @@ BUILTIN: tuple[str, ...] = (
     "trajectory:Trajectory",
     "relflat:RelativeFlatness",
     "adaptive:AdaptiveCurvature",
+    "pacbayes:PacBayesFlatness",
 )
 
 _REGISTRY: dict[str, Measure] = {}

@@ -272,7 +272,7 @@ def test_analyses_list_is_complete():
         "trajectory",
         "relflat",
     }
-    assert set(measures()) == {*default_analyses(), "layers", "adaptive"}
+    assert set(measures()) == {*default_analyses(), "layers", "adaptive", "pacbayes"}
 
 
 def test_per_layer_curvature_and_sharpness_grids_reach_summary_and_report(tiny_run, capsys):
