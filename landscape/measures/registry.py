@@ -36,6 +36,7 @@ BUILTIN: tuple[str, ...] = (
     "relflat:RelativeFlatness",
     "adaptive:AdaptiveCurvature",
     "pacbayes:PacBayesFlatness",
+    "simplex:Simplex",
 )
 
 _REGISTRY: dict[str, Measure] = {}

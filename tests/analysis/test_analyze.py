@@ -271,6 +271,7 @@ def test_analyses_list_is_complete():
         "surface",
         "trajectory",
         "relflat",
+        "simplex",
     }
     assert set(measures()) == {*default_analyses(), "layers", "adaptive", "pacbayes"}
 
