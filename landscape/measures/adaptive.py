@@ -15,12 +15,11 @@ from typing import Any
 import torch.nn.functional as F
 
 from landscape.curvature.adaptive import AdaptiveHessianOperator
-from landscape.curvature.eigenvalues import top_eigenvalues
-from landscape.curvature.lanczos import TOL_SCALES
 from landscape.curvature.trace import hessian_trace
 from landscape.measures.base import Field, Measure, MeasureContext, Target, require
 from landscape.measures.common import bn_label, hessian_inputs
-from landscape.measures.eigen import CURVATURE
+from landscape.measures.eigen import CURVATURE, SolverSettings, certified_eigenvalues
+from landscape.measures.trace import TraceSettings
 
 DEFINITION = (
     "adaptive/1: top Ritz value (certified as eigen/3, k = 1) and adaptive Hutch++ trace (as "
@@ -30,32 +29,15 @@ DEFINITION = (
 
 
 @dataclass(frozen=True)
-class AdaptiveSettings:
+class AdaptiveSettings(TraceSettings, SolverSettings):
     adaptive_eta: float = field(
         default=0.0, metadata={"help": "offset of the adaptive scale |w| + eta (0: invariant)"}
     )
-    tol: float = field(default=1e-3, metadata={"help": "eigenvalue relative tolerance"})
-    certify_top: float = field(
-        default=0.01,
-        metadata={
-            "help": "failure probability of the search for missed eigenvalues (0: no search)"
-        },
-    )
-    tol_scale: str = field(
-        default="spectrum",
-        metadata={
-            "help": "what --tol is relative to: spectrum (the largest |eigenvalue|: a value "
-            "near 0 is certified to the spectrum's scale) or value (each value's own)"
-        },
-    )
-    trace_rtol: float = field(
-        default=0.05, metadata={"help": "trace relative standard error target"}
-    )
 
     def validate(self) -> None:
+        SolverSettings.validate(self)
+        TraceSettings.validate(self)
         require(self.adaptive_eta >= 0, f"--adaptive-eta must be >= 0, not {self.adaptive_eta}")
-        require(self.tol > 0 and self.trace_rtol > 0, "--tol and --trace-rtol must be positive")
-        require(self.tol_scale in TOL_SCALES, f"--tol-scale must be one of {', '.join(TOL_SCALES)}")
 
 
 class AdaptiveCurvature(Measure):
@@ -95,18 +77,7 @@ class AdaptiveCurvature(Measure):
         op = AdaptiveHessianOperator(
             model, F.cross_entropy, data, eta=settings.adaptive_eta, device=ctx.device
         )
-        top = top_eigenvalues(
-            op,
-            None,
-            None,
-            k=1,
-            which="largest",
-            tol=settings.tol,
-            tol_scale=settings.tol_scale,
-            certify_top=settings.certify_top or None,
-            basis_device="cpu" if ctx.settings.lanczos_basis == "cpu" else None,
-            **common,
-        )
+        top = certified_eigenvalues(ctx, op, settings, k=1, which="largest")
         trace = hessian_trace(op, None, None, rtol=settings.trace_rtol, **common)
         return {
             "definition": self.definition,

@@ -10,8 +10,9 @@ from typing import Any
 import torch.nn.functional as F
 
 from landscape.core import definitions
-from landscape.curvature.eigenvalues import top_eigenvalues
+from landscape.curvature.eigenvalues import Spectrum, top_eigenvalues
 from landscape.curvature.lanczos import TOL_SCALES
+from landscape.curvature.products import HessianOperator
 from landscape.measures.base import (
     Field,
     Figures,
@@ -41,8 +42,9 @@ CURVATURE = Section(
 
 
 @dataclass(frozen=True)
-class EigenSettings:
-    k: int = field(default=5, metadata={"help": "eigenvalues at each end of the spectrum"})
+class SolverSettings:
+    """How an eigen-solve stops and what it certifies (``eigen`` and ``adaptive``: one knob)."""
+
     tol: float = field(default=1e-3, metadata={"help": "eigenvalue relative tolerance"})
     certify_top: float = field(
         default=0.01,
@@ -59,10 +61,36 @@ class EigenSettings:
     )
 
     def validate(self) -> None:
-        require(self.k >= 1, f"--k must be positive, not {self.k}")
         require(self.tol > 0, f"--tol must be positive, not {self.tol}")
         require(0 <= self.certify_top < 1, f"certify_top must be in [0, 1), not {self.certify_top}")
         require(self.tol_scale in TOL_SCALES, f"--tol-scale must be one of {', '.join(TOL_SCALES)}")
+
+
+@dataclass(frozen=True)
+class EigenSettings(SolverSettings):
+    k: int = field(default=5, metadata={"help": "eigenvalues at each end of the spectrum"})
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.k >= 1, f"--k must be positive, not {self.k}")
+
+
+def certified_eigenvalues(
+    ctx: MeasureContext, operator: HessianOperator, settings: Any, *, k: int, which: str
+) -> Spectrum:
+    """``top_eigenvalues`` of ``operator`` under the solver settings and the analysis' seed,
+    device, progress and basis placement."""
+    return top_eigenvalues(
+        operator,
+        k=k,
+        which=which,
+        tol=settings.tol,
+        tol_scale=settings.tol_scale,
+        certify_top=settings.certify_top or None,
+        basis_device="cpu" if ctx.settings.lanczos_basis == "cpu" else None,
+        seed=ctx.settings.seed,
+        show_progress=ctx.show,
+    )
 
 
 class Eigen(Measure):
@@ -83,19 +111,9 @@ class Eigen(Measure):
     def compute(
         self, ctx: MeasureContext, target: Target, settings: Any, workdir: Path | None
     ) -> dict[str, Any]:
-        model, data, common = hessian_inputs(ctx, target)
-        result = top_eigenvalues(
-            model,
-            F.cross_entropy,
-            data,
-            k=settings.k,
-            which="both",
-            tol=settings.tol,
-            tol_scale=settings.tol_scale,
-            certify_top=settings.certify_top or None,
-            basis_device="cpu" if ctx.settings.lanczos_basis == "cpu" else None,
-            **common,
-        )
+        model, data, _ = hessian_inputs(ctx, target)
+        op = HessianOperator(model, F.cross_entropy, data, device=ctx.device)
+        result = certified_eigenvalues(ctx, op, settings, k=settings.k, which="both")
         return {**result.to_dict(), "bn": bn_label(ctx, target.key.member, model)}
 
     def summarise(self, record: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,12 +27,13 @@ from landscape.measures.base import (
 )
 from landscape.report import figures
 
+ALIGN = ("none", "weights")
+
 
 @dataclass(frozen=True)
-class InterpolationSettings:
-    alphas: int = field(
-        default=31, metadata={"help": "points on [-0.25, 1.25] of each interpolation curve"}
-    )
+class AlignSettings:
+    """Whether members are aligned by weight matching first (``interp`` and ``plane``)."""
+
     align: str = field(
         default="none",
         metadata={
@@ -43,13 +44,20 @@ class InterpolationSettings:
     )
 
     def validate(self) -> None:
-        require(self.alphas >= 3, f"--alphas must be at least 3, not {self.alphas}")
         require(
             self.align in ALIGN, f"--align must be one of {', '.join(ALIGN)}, not {self.align!r}"
         )
 
 
-ALIGN = ("none", "weights")
+@dataclass(frozen=True)
+class InterpolationSettings(AlignSettings):
+    alphas: int = field(
+        default=31, metadata={"help": "points on [-0.25, 1.25] of each interpolation curve"}
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.alphas >= 3, f"--alphas must be at least 3, not {self.alphas}")
 
 
 def aligned_states(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,9 @@ from landscape.measures.base import (
     Scope,
     Section,
     Target,
-    require,
     tag,
 )
-from landscape.measures.interp import ALIGN, aligned_states
+from landscape.measures.interp import AlignSettings, aligned_states
 from landscape.measures.surfaces import (
     DEFINITION,
     GridSettings,
@@ -39,21 +38,10 @@ from landscape.report import figures
 
 
 @dataclass(frozen=True)
-class PlaneSettings(GridSettings):
-    align: str = field(
-        default="none",
-        metadata={
-            "help": "none, or weights: permute the end's hidden units to the start's first "
-            "(Git Re-Basin weight matching); the unaligned barriers are kept beside",
-            "added": True,
-        },
-    )
-
+class PlaneSettings(AlignSettings, GridSettings):
     def validate(self) -> None:
-        super().validate()
-        require(
-            self.align in ALIGN, f"--align must be one of {', '.join(ALIGN)}, not {self.align!r}"
-        )
+        GridSettings.validate(self)
+        AlignSettings.validate(self)
 
 
 class PlaneSurface(Measure):

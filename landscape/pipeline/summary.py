@@ -18,7 +18,7 @@ from landscape.measures.registry import measures
 from landscape.pipeline.okdph_adapter import read_metrics
 from landscape.pipeline.runs import Run
 from landscape.pipeline.sections import build_sections
-from landscape.report.html import ExportUnavailable, export_figures, write_report
+from landscape.report.html import export_static, write_report
 
 
 def _records_by_measure(
@@ -190,13 +190,7 @@ def write_outputs(
             settings,
             inline_plotlyjs=self_contained,
         )
-    message = None
-    static = [f for f in formats if f in ("png", "svg", "pdf")]
-    if static:
-        try:
-            export_figures(figures, out / "figures", static)
-        except ExportUnavailable as err:
-            message = str(err)
+    _, message = export_static(figures, out / "figures", formats)
     return report, message
 
 

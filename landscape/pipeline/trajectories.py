@@ -33,13 +33,7 @@ from landscape.pipeline.context import AnalyzeSettings, Context
 from landscape.pipeline.okdph_adapter import read_study
 from landscape.pipeline.runs import Run, open_run
 from landscape.report import figures
-from landscape.report.html import (
-    STATIC_FORMATS,
-    ExportUnavailable,
-    HtmlBlock,
-    export_figures,
-    write_report,
-)
+from landscape.report.html import HtmlBlock, export_static, write_report
 
 
 @dataclass(frozen=True)
@@ -206,8 +200,5 @@ def write_trajectories(
     )
     drawn = {"joint_plane": sections[0][2][1], "joint_plane_test": sections[2][2][0]}
     drawn.update({f"joint_plane_{m}": fig for m, fig in zip(methods, panels, strict=True)})
-    try:
-        export_figures(drawn, out / "figures", [f for f in formats if f in STATIC_FORMATS])
-    except ExportUnavailable as err:
-        return report, str(err)
-    return report, None
+    _, message = export_static(drawn, out / "figures", formats)
+    return report, message

@@ -151,6 +151,21 @@ def find_browser() -> str | None:
     return None
 
 
+def export_static(
+    figures: Mapping[str, go.Figure], folder: str | Path, formats: Sequence[str]
+) -> tuple[list[Path], str | None]:
+    """:func:`export_figures` for the static ones among ``formats`` (html and json are written
+    elsewhere); returns the files and, when export is unavailable, the sentence saying why
+    instead of raising (HTML and JSON are still there)."""
+    static = [f for f in formats if f in STATIC_FORMATS]
+    if not static:
+        return [], None
+    try:
+        return export_figures(figures, folder, static), None
+    except ExportUnavailable as err:
+        return [], str(err)
+
+
 def export_figures(
     figures: Mapping[str, go.Figure],
     folder: str | Path,

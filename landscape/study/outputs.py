@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 
 from landscape.core.io import atomic_write_bytes
 from landscape.report.figures import PALETTE
-from landscape.report.html import ExportUnavailable, export_figures, write_report
+from landscape.report.html import export_static, write_report
 from landscape.study.collect import RunRecord, compare_fields, run_means
 
 
@@ -312,11 +312,5 @@ def write_compare(
                 inline_plotlyjs=self_contained,
             )
         )
-    note = None
-    static = [f for f in formats if f in ("png", "svg", "pdf")]
-    if static:
-        try:
-            written += export_figures(figures, out / "figures", static)
-        except ExportUnavailable as err:
-            note = str(err)
-    return written, note
+    exported, note = export_static(figures, out / "figures", formats)
+    return written + exported, note

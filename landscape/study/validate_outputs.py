@@ -19,7 +19,7 @@ from landscape.core.errors import LandscapeError
 from landscape.core.io import atomic_write_bytes
 from landscape.core.records import json_safe
 from landscape.report.figures import PALETTE
-from landscape.report.html import ExportUnavailable, HtmlBlock, export_figures, write_report
+from landscape.report.html import HtmlBlock, export_static, write_report
 from landscape.study import validate as v
 from landscape.study.collect import RunRecord, load_run, study_runs
 
@@ -419,11 +419,5 @@ def write_validate(
                 inline_plotlyjs=self_contained,
             )
         )
-    note = None
-    static = [f for f in formats if f in ("png", "svg", "pdf")]
-    if static:
-        try:
-            written += export_figures(figures, out / "figures", static)
-        except ExportUnavailable as err:
-            note = str(err)
-    return written, note
+    exported, note = export_static(figures, out / "figures", formats)
+    return written + exported, note
