@@ -28,6 +28,7 @@ from landscape.measures.base import (
 from landscape.report import figures
 
 ALIGN = ("none", "weights")
+SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -119,20 +120,17 @@ class Interpolation(Measure):
         if settings.align == "weights":
             (_, end_state), notes = aligned_states(ctx, epoch, (start, end), ctx.settings.seed)
             record["alignment"] = notes[end]
-            record["unaligned"] = self._barriers(ctx, epoch, start, ctx.state(epoch, end), alphas)
-        for split in ("train", "test"):
-            curve = interpolate(
-                ctx.template(start),
-                ctx.state(epoch, start),
-                end_state,
-                ctx.data(split),
-                alphas=alphas,
-                bn=ctx.settings.bn,
-                bn_data=ctx.data("train"),
-                bn_endpoints="policy",
-                device=ctx.device,
-                show_progress=ctx.show,
-            )
+            unaligned = [
+                self._curve(ctx, epoch, start, ctx.state(epoch, end), s, alphas) for s in SPLITS
+            ]
+            record["unaligned"] = {
+                "barrier": {s: c.barrier for s, c in zip(SPLITS, unaligned, strict=True)},
+                "error_barrier": {
+                    s: c.error_barrier for s, c in zip(SPLITS, unaligned, strict=True)
+                },
+            }
+        for split in SPLITS:
+            curve = self._curve(ctx, epoch, start, end_state, split, alphas)
             record["alphas"] = curve.alphas.tolist()
             record[split] = {"loss": curve.loss.tolist(), "accuracy": curve.accuracy.tolist()}
             record["barrier"][split] = curve.barrier
@@ -143,26 +141,24 @@ class Interpolation(Measure):
             record["detail"][split] = detail
         return record
 
-    def _barriers(
-        self, ctx: MeasureContext, epoch: int, start: str, end_state: Any, alphas: np.ndarray
-    ) -> dict[str, dict[str, float]]:
-        """Loss and error barriers of the straight line to ``end_state``, train and test."""
-        out: dict[str, dict[str, float]] = {"barrier": {}, "error_barrier": {}}
-        for split in ("train", "test"):
-            curve = interpolate(
-                ctx.template(start),
-                ctx.state(epoch, start),
-                end_state,
-                ctx.data(split),
-                alphas=alphas,
-                bn=ctx.settings.bn,
-                bn_data=ctx.data("train"),
-                device=ctx.device,
-                show_progress=ctx.show,
-            )
-            out["barrier"][split] = curve.barrier
-            out["error_barrier"][split] = curve.error_barrier
-        return out
+    @staticmethod
+    def _curve(
+        ctx: MeasureContext, epoch: int, start: str, end_state: Any, split: str, alphas: np.ndarray
+    ) -> Any:
+        """The line from ``start`` to ``end_state`` on the ``split`` subset, every point (ends
+        included) under the BatchNorm policy, calibrated on the training subset."""
+        return interpolate(
+            ctx.template(start),
+            ctx.state(epoch, start),
+            end_state,
+            ctx.data(split),
+            alphas=alphas,
+            bn=ctx.settings.bn,
+            bn_data=ctx.data("train"),
+            bn_endpoints="policy",
+            device=ctx.device,
+            show_progress=ctx.show,
+        )
 
     def summarise(self, record: Mapping[str, Any]) -> dict[str, Any]:
         out = {
