@@ -161,10 +161,13 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
     raise LandscapeError(f"{path} does not hold a state dict (a mapping of names to tensors)")
 
 
-def _need(value: Any, option: str, layout: str, path: Path) -> Any:
-    if not value:
-        raise LandscapeError(f"{path} is a {layout} folder; pass {option} to say how to rebuild it")
-    return value
+def _need_both(arch: Any, data: Any, layout: str, path: Path) -> None:
+    """One sentence naming every option a foreign layout still needs (--arch, --data)."""
+    missing = [flag for flag, value in (("--arch", arch), ("--data", data)) if not value]
+    if missing:
+        raise LandscapeError(
+            f"{path} is a {layout} folder; pass {' and '.join(missing)} to say how to rebuild it"
+        )
 
 
 def _arch_spec(arch: str | dict[str, Any] | None, num_classes: int | None) -> dict[str, Any] | None:
@@ -227,13 +230,9 @@ def open_run(
     reference = [(p, m) for p in files if (m := _REFERENCE.match(p.name))]
     data_spec = _data_spec(data)
     if reference:
-        data_spec = _need(data_spec, "--data", "reference-layout (net{i}_{epoch}ep.pkl)", path)
-        arch_spec = _need(
-            _arch_spec(arch, _num_classes(data_spec)),
-            "--arch",
-            "reference-layout (net{i}_{epoch}ep.pkl)",
-            path,
-        )
+        _need_both(arch, data_spec, "reference-layout (net{i}_{epoch}ep.pkl)", path)
+        arch_spec = _arch_spec(arch, _num_classes(data_spec))
+        assert arch_spec is not None and data_spec is not None
         hybrid_index = max(int(m.group(1)) for _, m in reference)
         by_epoch: dict[int, dict[str, Path]] = {}
         for p, m in reference:
@@ -264,8 +263,9 @@ def open_run(
             f"{path} holds no checkpoint: no run.json, no net{{i}}_{{epoch}}ep.pkl "
             f"files and no state-dict files ({', '.join(_STATE_SUFFIXES)})"
         )
-    data_spec = _need(data_spec, "--data", "state-dict", path)
-    arch_spec = _need(_arch_spec(arch, _num_classes(data_spec)), "--arch", "state-dict", path)
+    _need_both(arch, data_spec, "state-dict", path)
+    arch_spec = _arch_spec(arch, _num_classes(data_spec))
+    assert arch_spec is not None and data_spec is not None
     members = {p.stem: p for p in states}
     roles = {m: ("hybrid" if m.lower() in ("hybrid", "hwm") else "network") for m in members}
     return Run(

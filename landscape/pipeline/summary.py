@@ -75,6 +75,8 @@ def flatness_rows(run: Run, epoch: int, records: Mapping[str, Any]) -> list[dict
         entry: dict[str, Any] = {"member": m, "role": run.roles.get(m, "network"), **per_member[m]}
         if f"{m}/test_acc" in metrics:
             entry["test_acc"] = metrics[f"{m}/test_acc"]
+        elif "test_accuracy" in entry:  # no training log (state dicts): fit measured it alike
+            entry["test_acc"] = entry["test_accuracy"]
         rows.append(entry)
     if "ensemble/test_acc" in metrics:
         rows.append(
@@ -226,9 +228,11 @@ def stdout_table(summary: Mapping[str, Any]) -> str:
             "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
         )
 
+    rho = max(summary["settings"].get("rho_average") or [float("nan")])
+    sharp = f"sharp@{rho:g}"  # average-case adaptive sharpness at the largest radius
     lines = [
         f"epoch {epoch}",
-        f"{'member':<12} {'lambda_max':>11} {'trace':>11} {'sharpness':>10} {'test_acc':>9}",
+        f"{'member':<12} {'lambda_max':>11} {'trace':>11} {sharp:>10} {'test_acc':>9}",
     ]
     for r in rows:
         lines.append(

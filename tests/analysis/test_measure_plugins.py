@@ -206,3 +206,23 @@ def test_a_torchvision_model_by_import_path_on_cifar_format_files(tmp_path):
     assert summary["run"]["arch"]["kwargs"] == {"num_classes": 10}
     fit = summary["records"]["epoch_0000/rn18/fit"]
     assert fit["train"]["n"] == 5 * 20 and fit["test"]["n"] == 10  # five training batches
+
+
+def test_a_state_dict_folder_gets_its_test_accuracy_from_fit(tmp_path, capsys):
+    torch.manual_seed(0)
+    folder = tmp_path / "sd"
+    folder.mkdir()
+    from okdph.models import create
+
+    torch.save(create("mlp", hidden=(8,)).state_dict(), folder / "net.pt")
+    argv = ["analyze", str(folder), "--arch", "mlp:hidden=(8,)", "--data", "digits"]
+    assert main([*argv, "--analyses", "fit", "--samples", "64", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((folder / "analysis" / "summary.json").read_text())
+    row = summary["flatness"]["0"][0]
+    assert (
+        row["test_acc"]
+        == row["test_accuracy"]
+        == summary["records"]["epoch_0000/net/fit"]["test"]["accuracy"]
+    )
+    assert f"{row['test_acc']:.4f}" in out and "sharp@0.05" in out  # which sharpness it is

@@ -43,8 +43,10 @@ def test_reference_layout(tiny_run, tmp_path):
     assert run.members == ["student_0", "student_1", "hybrid"]  # the last index is the HWM
     assert [c.epoch for c in run.checkpoints] == [1, 2]
     run.load_model(run.checkpoint(2), "student_1")
-    with pytest.raises(LandscapeError, match="pass --data"):
+    with pytest.raises(LandscapeError, match="pass --data to say"):
         open_run(ref, arch=ARCH)
+    with pytest.raises(LandscapeError, match="pass --arch and --data to say"):
+        open_run(ref)  # both missing: one sentence names both
 
 
 def test_state_dict_folder(tiny_run, tmp_path):
