@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -180,28 +183,41 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--resume continues a run with its saved config; drop --set and --out"
             )
-        run, metrics = trainer.resume(
-            args.resume, progress=progress, max_batches=max_batches, device=args.device
-        )
+        out = args.resume
+        try:
+            run, metrics = trainer.resume(
+                out, progress=progress, max_batches=max_batches, device=args.device
+            )
+        except KeyboardInterrupt:
+            return _interrupted(out)
     else:
         cfg = apply_overrides(preset_config(args.preset), args.overrides)
         if args.device:
             cfg.device = args.device
+        cfg.validate()  # before --dry-run replaces the epochs, which would hide epochs=0
         if args.dry_run:
             cfg.epochs = 1
         if args.print_config:
-            print(json.dumps(cfg.to_dict(), indent=2))
+            from okdph.methods import method_options
+
+            shown = cfg.to_dict()
+            # A method's defaults live in its own Config: show the values the run would use.
+            shown["method_args"] = method_options(cfg.method, cfg.method_args)
+            print(json.dumps(shown, indent=2))
             return 0
         out = args.out or Path("runs") / f"{args.preset}-{datetime.now():%Y%m%d-%H%M%S}"
         out = Path(str(world.broadcast_object(str(out))))  # rank 0's clock names the run
-        run, metrics = trainer.train(
-            cfg,
-            out,
-            overwrite=args.overwrite,
-            progress=progress,
-            max_batches=max_batches,
-            command=["okdph", *sys.argv[1:]],
-        )
+        try:
+            run, metrics = trainer.train(
+                cfg,
+                out,
+                overwrite=args.overwrite,
+                progress=progress,
+                max_batches=max_batches,
+                command=["okdph", *sys.argv[1:]],
+            )
+        except KeyboardInterrupt:
+            return _interrupted(out)
     if not world.is_main:
         return 0
     accs = {k.split("/")[0]: v for k, v in metrics.items() if k.endswith("/test_acc")}
@@ -209,6 +225,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("test accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in accs.items()))
     print(f"run directory: {run.path}")
     return 0
+
+
+def _interrupted(path: Path) -> int:
+    """Tell how to continue a run stopped by Ctrl-C; exit code 130, as for SIGINT."""
+    from okdph.run import RunDir
+
+    if RunDir(path).exists():
+        hint = f"; continue with `okdph train --resume {shlex.quote(str(path))}`"
+    else:
+        hint = f" before anything was written to {path}"
+    print(f"okdph: interrupted{hint}", file=sys.stderr)
+    return 130
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -227,14 +255,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     from okdph.launch import parse_slurm
 
-    outcomes = sweep(
-        study,
-        args.out,
-        workers=args.workers,
-        launcher=args.launcher,
-        slurm=parse_slurm(args.slurm),
-        progress=not args.no_progress,
-    )
+    try:
+        outcomes = sweep(
+            study,
+            args.out,
+            workers=args.workers,
+            launcher=args.launcher,
+            slurm=parse_slurm(args.slurm),
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print(
+            "okdph: interrupted; run the same command again to continue the study "
+            "(finished runs are skipped)",
+            file=sys.stderr,
+        )
+        return 130
     failed = [name for name, o in outcomes.items() if not o.startswith(("trained", "skipped"))]
     print(f"study: {args.out} ({len(outcomes) - len(failed)} of {len(outcomes)} runs finished)")
     for name in failed:
@@ -301,16 +337,33 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _print_method(name: str, cls: type[Method], note: str = "") -> None:
-    import dataclasses
+    import textwrap
 
     doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip()
-    first = doc.splitlines()[0] if doc else ""
-    print(f"{name:<12} {' '.join(p for p in (first, note) if p)}")
-    fields = dataclasses.fields(cls.Config) if dataclasses.is_dataclass(cls.Config) else ()
-    switches = ", ".join(
-        f"method.{f.name}={f.default!r}" for f in fields if f.default is not dataclasses.MISSING
+    # The docstring's first paragraph, whole: its first line often ends mid-sentence.
+    summary = " ".join(doc.split("\n\n")[0].split())
+    indent = " " * 13
+    print(
+        textwrap.fill(
+            summary or "(no description)",
+            width=100,
+            initial_indent=f"{name:<12} ",
+            subsequent_indent=indent,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
     )
-    print(f"{'':<12} switches: {switches or '(none)'}")
+    fields = dataclasses.fields(cls.Config) if dataclasses.is_dataclass(cls.Config) else ()
+    switches = [_switch(f) for f in fields if f.default is not dataclasses.MISSING]
+    for line in ([note] if note else []) + (switches or ["(no switches)"]):
+        print(indent + line)
+
+
+def _switch(f: dataclasses.Field) -> str:
+    """``method.KEY=DEFAULT``, and the allowed values of a switch that declares them."""
+    choices = f.metadata.get("choices")
+    text = f"method.{f.name}={f.default!r}"
+    return f"{text}  one of {', '.join(choices)}" if choices else text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,7 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     from okdph.trainer import TrainingDiverged
 
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        # Output still buffered when a reader such as `head` has gone would fail at exit,
+        # outside this try.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except _user_errors() as err:
         print(f"okdph: error: {err}", file=sys.stderr)
         return 2
@@ -327,8 +386,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"okdph: training stopped: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("okdph: interrupted; continue with `okdph train --resume RUN_DIR`", file=sys.stderr)
+        print("okdph: interrupted", file=sys.stderr)
         return 130
+
+
+def _reader_gone() -> int:
+    """Quiet end for `okdph presets | head`: the reader closed stdout, as it may."""
+    try:
+        # What is left in the buffer would be flushed, and fail again, at exit; send it nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a stdout without a file descriptor
+        pass
+    return 141  # what a shell reports for a program killed by SIGPIPE (128 + 13)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import inspect
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -87,9 +89,9 @@ class TrackConfig:
             sum(bool(v) for v in (self.every, self.points, self.steps)) <= 1,
             "set one of track.every, track.points and track.steps",
         )
-        _check(
-            min(self.every, self.points, self.steps) >= 0, "track intervals must be non-negative"
-        )
+        for name in ("every", "points", "steps"):
+            value = getattr(self, name)
+            _check(value >= 0, f"track.{name} must be non-negative, not {value}")
         _check(self.samples >= 1, f"track.samples must be at least 1, not {self.samples}")
         _check(self.bn in ("train", "eval"), f"track.bn must be train or eval, not {self.bn!r}")
         _check(0 < self.tol < 1, f"track.tol must be in (0, 1), not {self.tol}")
@@ -243,7 +245,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif annotation is float:
+        if isinstance(value, str):  # nan and inf are no Python literals; they arrive as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # No field means anything by nan or inf, and a range check lets nan through.
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, not {value}")
             return float(value)
     elif annotation is str:
         return str(value)
@@ -260,6 +270,34 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(
         f"{key} must be of type {getattr(annotation, '__name__', annotation)}, got {value!r}"
     )
+
+
+def _plain(annotation: Any) -> bool:
+    """Whether ``annotation`` is bool, int, float or str, or one of them or None."""
+    args = (annotation,)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+    inner = [a for a in args if a is not type(None)]
+    return len(inner) == 1 and inner[0] in (bool, int, float, str)
+
+
+def coerce_arguments(func: Any, kwargs: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``kwargs`` converted to the annotated types of ``func``'s parameters, as config fields are,
+    so that ``model.width=abc`` is one sentence here rather than an error deep inside the model.
+
+    Only plain annotations (bool, int, float, str, optional or not) are enforced: anything else,
+    and a callable whose annotations do not resolve, passes unchanged.
+    """
+    try:
+        params = inspect.signature(func, eval_str=True).parameters
+    except Exception:  # no signature, or annotations naming what is not importable here
+        return dict(kwargs)
+    out = dict(kwargs)
+    for key, value in kwargs.items():
+        param = params.get(key)
+        if param is not None and _plain(param.annotation):
+            out[key] = _coerce(value, param.annotation, prefix + key)
+    return out
 
 
 def _set_field(obj: Any, key: str, value: Any, prefix: str = "") -> None:
@@ -334,6 +372,16 @@ def build_method_config(config_cls: type, method: str, args: dict[str, Any]) -> 
             _set_field(obj, key, value, prefix="method.")
         except ConfigError as err:
             raise ConfigError(f"{err} for method {method!r}") from None
+    # Switches declare their values as field metadata, so that `okdph list methods` shows the
+    # same values that are accepted here.
+    for f in dataclasses.fields(obj) if dataclasses.is_dataclass(obj) else ():
+        allowed = f.metadata.get("choices")
+        value = getattr(obj, f.name)
+        if allowed and value is not None and value not in allowed:
+            raise ConfigError(
+                f"method.{f.name} must be one of {', '.join(allowed)}, not {value!r} "
+                f"for method {method!r}"
+            )
     if hasattr(obj, "validate"):
         obj.validate()
     return obj

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from okdph.config import coerce_arguments
 from okdph.idx import IMAGES_UINT8, LABELS_UINT8, IdxError, read_idx
 from okdph.plugins import EntryPointGroup, import_object, is_import_path
 from okdph.run import atomic_write_bytes
@@ -159,6 +160,7 @@ def load_dataset(name: str, device: torch.device | str = "cpu", **kwargs: Any) -
         raise DataError(f"dataset {name!r} does not accept the options {kwargs}: {err}") from None
     except ValueError:  # no signature to check
         pass
+    kwargs = coerce_arguments(loader, kwargs, "data.")
     try:
         result = loader(**kwargs)
     except TypeError as err:
@@ -258,6 +260,8 @@ def _subset(
 ) -> tuple[np.ndarray, np.ndarray]:
     if n is None or n >= len(y):
         return x, y
+    if n < 1:
+        raise DataError(f"data.train_subset must be at least 1, not {n}")
     idx = np.sort(np.random.default_rng(seed).choice(len(y), size=n, replace=False))
     return x[idx], y[idx]
 

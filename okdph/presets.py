@@ -11,6 +11,7 @@ the documented WML defaults (methods.md 3), each for every CIFAR architecture, p
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from okdph.config import ConfigError, TrainConfig, apply_overrides
@@ -37,9 +38,10 @@ def list_presets() -> list[Preset]:
 def preset_config(name: str) -> TrainConfig:
     """The TrainConfig of preset ``name``."""
     if name not in _PRESETS:
-        raise ConfigError(
-            f"unknown preset {name!r}; available presets: {', '.join(sorted(_PRESETS))}"
-        )
+        # Listing every preset would make a line too long to read; one guess is enough.
+        close = difflib.get_close_matches(name, list(_PRESETS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown preset {name!r}{hint}; see `okdph presets` for all of them")
     return apply_overrides(TrainConfig(), list(_PRESETS[name].overrides))
 
 
@@ -112,7 +114,7 @@ register_preset(
     _MNIST1D_VIEWS,
 )
 
-# ---- Fashion-MNIST: real images on the CPU (docs/fashion-mnist.md) --------------------------------
+# ---- Fashion-MNIST: real images on the CPU (docs/results/fashion-mnist.md) -----------------------
 # ResNet-8 at the paper's ResNet-32 widths (16/32/64, BatchNorm, one input channel) on a class-
 # balanced 1,000-image subset; batch 32 and 50 epochs give the students ~1,560 steps, enough to fit
 # their training images with flips (train error 0.5-3%) on 2 CPU cores. Every network draws its own

@@ -39,6 +39,18 @@ class RunDirError(ValueError):
     """The path is not a usable run directory (user-facing, one sentence)."""
 
 
+def check_creatable(path: Path) -> None:
+    """RunDirError (one sentence) when a file stands where directory ``path`` or one of its
+    parents would be created; mkdir would fail later with a traceback instead."""
+    # Path.exists is False below a file, so the first existing ancestor is the one to look at.
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or existing.is_dir():
+        return
+    if existing == path:
+        raise RunDirError(f"{path} is a file, not a directory")
+    raise RunDirError(f"{path} cannot be created: {existing} is a file, not a directory")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

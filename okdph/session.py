@@ -14,7 +14,7 @@ import torch
 
 from okdph import models
 from okdph.augment import Pipeline, build_pipeline
-from okdph.config import ConfigError, TrainConfig
+from okdph.config import ConfigError, TrainConfig, coerce_arguments
 from okdph.data import TensorDataset, load_dataset
 from okdph.distributed import current_world
 from okdph.methods import Method, build_method
@@ -73,7 +73,7 @@ def model_arguments(cfg: TrainConfig, data: TensorDataset) -> dict[str, Any]:
         implied["length"] = shape[-1]
     if "in_channels" in params and data.kind == "image":
         implied["in_channels"] = shape[0]
-    explicit = {**spec_kwargs, **cfg.model_args}
+    explicit = coerce_arguments(build, {**spec_kwargs, **cfg.model_args}, "model.")
     classes = explicit.get("num_classes")
     if isinstance(classes, int) and classes < data.num_classes:
         raise ConfigError(

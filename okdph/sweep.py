@@ -38,7 +38,7 @@ from okdph import jobs
 from okdph.config import ConfigError, TrainConfig, apply_overrides
 from okdph.jobs import TrainJob, run_state, submit_and_wait, train_or_resume
 from okdph.presets import preset_config
-from okdph.run import atomic_write_bytes
+from okdph.run import atomic_write_bytes, check_creatable
 
 PROTOCOLS = ("matched", "reference")
 STUDY_VERSION = 1
@@ -187,6 +187,7 @@ def open_study(out: Path, study: Study) -> list[PlannedRun]:
                 f"{out} holds a different study (its study.json differs); use another --out"
             )
         return runs
+    check_creatable(out)
     out.mkdir(parents=True, exist_ok=True)
     record["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())

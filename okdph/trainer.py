@@ -32,7 +32,7 @@ from okdph.config import ConfigError, TrainConfig
 from okdph.distributed import World, current_world, sum_gradients, weights_digest
 from okdph.evaluation import autocast, evaluate, to_memory_format
 from okdph.methods import StepContext
-from okdph.run import ReadOnlyRunDir, RunDir, RunDirError
+from okdph.run import ReadOnlyRunDir, RunDir, RunDirError, check_creatable
 from okdph.session import Session, build_session, describe_run, describe_world
 from okdph.tracking import TrainingTracker, open_tensorboard
 
@@ -431,6 +431,7 @@ def train(
     """Train a new run into ``out``; returns the run directory and the final test metrics."""
     world = current_world()
     run = RunDir(out) if world.is_main else ReadOnlyRunDir(out)
+    check_creatable(run.path)
     # Rank 0 decides (the others would see what it writes): one verdict for every rank.
     taken = world.broadcast_object(run.exists() and not overwrite)
     if taken:

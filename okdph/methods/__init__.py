@@ -18,6 +18,7 @@ from okdph.methods.base import (
     kd_loss,
     list_methods,
     method_class,
+    method_options,
     register_method,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "kd_loss",
     "list_methods",
     "method_class",
+    "method_options",
     "register_method",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -164,8 +164,6 @@ class Method(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """What run.json records about the method: name, resolved config and loss formulas."""
-        from dataclasses import asdict
-
         return {
             "name": self.name,
             "config": asdict(self.config),
@@ -238,6 +236,12 @@ def method_class(name: str) -> type[Method]:
             f"unknown method {name!r}; available methods: {', '.join(list_methods())}"
         )
     return cls
+
+
+def method_options(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Every option of method ``name`` as a run would use it: the defaults of its ``Config`` with
+    ``args`` applied and validated (what run.json records as the method's config)."""
+    return asdict(build_method_config(method_class(name).Config, name, args))
 
 
 def build_method(

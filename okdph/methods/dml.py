@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
+from okdph.config import ConfigError
 from okdph.methods.base import Method, StepContext, kd_loss, register_method
 
 
@@ -28,6 +29,12 @@ class DML(Method):
     class Config:
         temperature: float = 1.0
         kd_weight: float = 1.0
+
+        def validate(self) -> None:
+            if self.temperature <= 0:
+                raise ConfigError(f"method.temperature must be positive, got {self.temperature}")
+            if self.kd_weight < 0:
+                raise ConfigError(f"method.kd_weight must not be negative, got {self.kd_weight}")
 
     def compute_loss(
         self, views: list[Tensor], y: Tensor, ctx: StepContext

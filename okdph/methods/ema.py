@@ -19,7 +19,7 @@ the reference's second network does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,7 @@ class EMA(Method):
         decay: float = 0.99
         consistency: float = 10.0
         rampup_epochs: float | None = None
-        consistency_type: str = "mse"
+        consistency_type: str = field(default="mse", metadata={"choices": ("mse", "kl")})
 
         def validate(self) -> None:
             if not 0 <= self.decay < 1:
@@ -62,10 +62,6 @@ class EMA(Method):
                 raise ConfigError(f"method.consistency must be >= 0, got {self.consistency}")
             if self.rampup_epochs is not None and self.rampup_epochs < 0:
                 raise ConfigError(f"method.rampup_epochs must be >= 0, got {self.rampup_epochs}")
-            if self.consistency_type not in ("mse", "kl"):
-                raise ConfigError(
-                    f"method.consistency_type must be 'mse' or 'kl', got {self.consistency_type!r}"
-                )
 
     def build_members(self, make_model, num_students, init) -> dict[str, nn.Module]:
         members = super().build_members(make_model, num_students, init)

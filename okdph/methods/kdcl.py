@@ -1,6 +1,8 @@
 """KDCL (Guo et al., CVPR 2020): students on differently augmented views distil from a teacher
 built from all their logits (detached), ``L_i = (1 - a) CE(z_i, y) + a T^2 KL(softmax(t/T) ||
-softmax(z_i/T))``. ``method.teacher`` selects how the teacher's logits t are built:
+softmax(z_i/T))``.
+
+``method.teacher`` selects how the teacher's logits t are built:
 
 * ``mean`` (default): the mean of the students' logits, as the OKDPH repository's
   ``src/03_KDCL.py`` does; this is the variant OKDPH's comparison ran, and the one in our study.
@@ -22,7 +24,7 @@ text was not available to us; the definitions above follow methods.md's reading 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -105,13 +107,13 @@ class KDCL(Method):
     class Config:
         alpha: float = 0.5
         temperature: float = 4.0
-        teacher: str = "mean"
+        teacher: str = field(default="mean", metadata={"choices": TEACHERS})
 
         def validate(self) -> None:
-            if self.teacher not in TEACHERS:
-                raise ConfigError(
-                    f"method.teacher must be one of {', '.join(TEACHERS)}, got {self.teacher!r}"
-                )
+            if not 0.0 <= self.alpha <= 1.0:
+                raise ConfigError(f"method.alpha must lie in [0, 1], got {self.alpha}")
+            if self.temperature <= 0:
+                raise ConfigError(f"method.temperature must be positive, got {self.temperature}")
 
     def describe(self) -> dict:
         source = {

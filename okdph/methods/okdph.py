@@ -31,7 +31,7 @@ Fusion follows the reading too:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -75,10 +75,13 @@ class OKDPH(Method):
 
     @dataclass
     class Config:
-        mode: str = "paper"
-        hwm_sampling: str | None = None  # "dirichlet" | "mean"; None: as the mode says
-        hwm_grad: str | None = None  # "through" | "detached"; None: as the mode says
-        fusion_target: str | None = None  # "post_step" | "pre_step"; None: as the mode says
+        mode: str = field(default="paper", metadata={"choices": tuple(_MODES)})
+        # The next three default (None) to what the mode says.
+        hwm_sampling: str | None = field(default=None, metadata={"choices": ("dirichlet", "mean")})
+        hwm_grad: str | None = field(default=None, metadata={"choices": ("through", "detached")})
+        fusion_target: str | None = field(
+            default=None, metadata={"choices": ("post_step", "pre_step")}
+        )
         alpha: float = 1.0
         omega: float = 0.8
         beta: float = 0.8
@@ -88,34 +91,31 @@ class OKDPH(Method):
         fusion_gamma: float = 0.5
 
         def validate(self) -> None:
-            if self.mode not in _MODES:
-                raise ConfigError(f"method.mode must be 'paper' or 'code', got {self.mode!r}")
             sampling, grad, target = _MODES[self.mode]
             self.hwm_sampling = self.hwm_sampling or sampling
             self.hwm_grad = self.hwm_grad or grad
             self.fusion_target = self.fusion_target or target
-            if self.fusion_target not in ("post_step", "pre_step"):
-                raise ConfigError(
-                    "method.fusion_target must be 'post_step' or 'pre_step', "
-                    f"got {self.fusion_target!r}"
-                )
-            if self.hwm_sampling not in ("dirichlet", "mean"):
-                raise ConfigError(
-                    f"method.hwm_sampling must be 'dirichlet' or 'mean', got {self.hwm_sampling!r}"
-                )
-            if self.hwm_grad not in ("through", "detached"):
-                raise ConfigError(
-                    f"method.hwm_grad must be 'through' or 'detached', got {self.hwm_grad!r}"
-                )
             if not 0.0 <= self.fusion_gamma <= 1.0:
                 raise ConfigError(
                     f"method.fusion_gamma must lie in [0, 1], got {self.fusion_gamma}"
                 )
             if self.alpha <= 0:
                 raise ConfigError(f"method.alpha must be positive, got {self.alpha}")
+            if not 0.0 <= self.omega <= 1.0:
+                raise ConfigError(f"method.omega must lie in [0, 1], got {self.omega}")
+            if self.beta < 0:
+                raise ConfigError(f"method.beta must not be negative, got {self.beta}")
+            if self.temperature <= 0:
+                raise ConfigError(f"method.temperature must be positive, got {self.temperature}")
             parse_interval(self.fusion_every)
 
     def __init__(self, config, make_model, num_students, init):
+        if num_students < 2:
+            # One student would train silently as its own hybrid: plain cross-entropy, no OKDPH.
+            raise ConfigError(
+                f"okdph needs num_students >= 2 (the hybrid of one student is that student), "
+                f"got {num_students}"
+            )
         super().__init__(config, make_model, num_students, init)
         self.fusion = parse_interval(config.fusion_every)
         self.coefficients = np.full(num_students, 1.0 / num_students)

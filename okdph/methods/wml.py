@@ -51,7 +51,7 @@ chosen as follows, each a config switch (defaults in brackets):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -174,15 +174,11 @@ class WML(Method):
         temperature: float = 3.0
         detach_targets: bool = True
         weight_lr: float = 0.01
-        hypergrad: str = "exact"
+        hypergrad: str = field(default="exact", metadata={"choices": ("exact", "first_order")})
         inner_lr: float | None = None  # None: the optimiser's current learning rate
         weight_every: int = 1
 
         def validate(self) -> None:
-            if self.hypergrad not in ("exact", "first_order"):
-                raise ConfigError(
-                    f"method.hypergrad must be 'exact' or 'first_order', got {self.hypergrad!r}"
-                )
             if not 0.0 <= self.alpha <= 1.0:
                 raise ConfigError(f"method.alpha must lie in [0, 1], got {self.alpha}")
             if self.temperature <= 0:

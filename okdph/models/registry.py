@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -93,11 +94,24 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     except ValueError:  # no signature to check (a builtin): the call below tells
         pass
     try:
-        model = build(**kwargs)
+        with warnings.catch_warnings():
+            # The empty-layer check below says it in one sentence instead.
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            model = build(**kwargs)
     except TypeError as err:
         raise ModelError(f"model {name!r} does not accept these arguments {kwargs}: {err}") from err
+    except (ValueError, RuntimeError) as err:  # torch's word on a value out of range (width=0)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"model {name!r} cannot be built with {kwargs}: {reason}") from err
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    # A width of 0 builds without complaint and fails only at the first forward pass.
+    for pname, param in model.named_parameters():
+        if not isinstance(param, nn.parameter.UninitializedParameter) and param.numel() == 0:
+            raise ModelError(
+                f"model {name!r} built with {kwargs} has an empty layer "
+                f"({pname} of shape {tuple(param.shape)})"
+            )
     return model
 
 

@@ -78,7 +78,8 @@ def test_print_config_presets_and_lists(capsys):
         main(["train", "--preset", "mnist1d", "--set", "method.omega=0.5", "--print-config"]) == 0
     )
     cfg = json.loads(capsys.readouterr().out)
-    assert cfg["data"] == "mnist1d" and cfg["method_args"] == {"omega": 0.5}
+    assert cfg["data"] == "mnist1d" and cfg["method_args"]["omega"] == 0.5
+    assert cfg["method_args"]["beta"] == 0.8  # the method's defaults are shown too
     assert main(["presets"]) == 0
     listing = capsys.readouterr().out
     for name in ("demo", "mnist1d", "cifar10-resnet32", "cifar100-resnet110"):

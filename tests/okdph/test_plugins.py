@@ -172,7 +172,8 @@ def test_model_specs_split_names_import_paths_and_arguments():
 
 def test_a_model_string_with_arguments_in_the_config_builds_that_model(plugin_module):
     cfg = apply_overrides(
-        preset_config("demo"), [*TINY, f"model={PLUGIN}:build:width=5", "num_students=1"]
+        preset_config("demo"),
+        [*TINY, f"model={PLUGIN}:build:width=5", "method=independent", "num_students=1"],
     )
     session = build_session(cfg)
     assert session.arch == {
