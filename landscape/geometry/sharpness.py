@@ -79,8 +79,7 @@ class Sharpness(ResultMixin):
         plateaued: worst case: the last quarter of the iterations raised ``value`` by less than
             1% of it (``False`` means a longer ascent would likely find more).
         radius: ``||u||`` of each draw (average case) or of each group's maximiser (worst case).
-        kind, norm, rho, adaptive, eta, distribution, m, iterations, restarts, rtol, seed,
-        normalize_logits: settings (``m = 0``: the whole set as one group).
+        kind, norm, rho, adaptive, eta, distribution, m, iterations, restarts, rtol, seed, normalize_logits: the settings (``m = 0``: the whole set as one group).
         n_groups: sample groups maximised over; ``n_evaluations``: forward(-backward) passes.
         n_parameters: number of perturbed scalars; ``parameters``: their tensor names.
         bn, center_bn: BatchNorm at perturbed points and at the centre.

@@ -18,7 +18,7 @@ from landscape.cli import main
 from landscape.core.errors import LandscapeError
 from landscape.measures import registry
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "adding-a-measure.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "how-to" / "adding-a-measure.md"
 
 
 def _code_block(text: str, language: str) -> str:
