@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--out", type=Path, required=True, help="study directory")
     sw.add_argument(
+        "--declare",
+        type=Path,
+        metavar="FILE",
+        help="JSON file of what the analysis will test (primary, relevance, validate, analyses, "
+        "provenance), written into study.json when the study starts",
+    )
+    sw.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -240,7 +247,14 @@ def _interrupted(path: Path) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from okdph.sweep import Study, parse_seeds, parse_vary, print_commands, sweep
+    from okdph.sweep import (
+        Study,
+        parse_seeds,
+        parse_vary,
+        print_commands,
+        read_declaration,
+        sweep,
+    )
 
     study = Study(
         preset=args.preset,
@@ -249,6 +263,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         seeds=parse_seeds(args.seeds),
         vary=parse_vary(args.vary),
         overrides=tuple(args.overrides),
+        declared=read_declaration(args.declare) if args.declare else {},
     )
     if args.print_commands:
         print("\n".join(print_commands(study, args.out)))

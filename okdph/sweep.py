@@ -65,6 +65,9 @@ class Study:
     seeds: tuple[int, ...]
     vary: dict[str, tuple[str, ...]] = field(default_factory=dict)
     overrides: tuple[str, ...] = ()
+    # What the analysis will test, fixed before any run trains (``--declare FILE``): written into
+    # study.json beside the grid, and not part of the grid.
+    declared: dict[str, Any] = field(default_factory=dict)
 
     def runs(self) -> list[PlannedRun]:
         """Every run of the grid, methods outermost, seeds innermost."""
@@ -186,9 +189,17 @@ def open_study(out: Path, study: Study) -> list[PlannedRun]:
             raise ConfigError(
                 f"{out} holds a different study (its study.json differs); use another --out"
             )
+        changed = sorted(k for k, v in study.declared.items() if old.get(k) != v)
+        if changed:
+            raise ConfigError(
+                f"{out}/study.json declares other {', '.join(changed)} than --declare gives; a "
+                "declaration is fixed when the study starts (edit study.json by hand to change it "
+                "in the open)"
+            )
         return runs
     check_creatable(out)
     out.mkdir(parents=True, exist_ok=True)
+    record.update(study.declared)
     record["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
     return runs
@@ -329,6 +340,35 @@ _RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
     "seed": int,
     "overrides": list,
 }
+
+
+#: What a declaration file (``okdph sweep --declare FILE``) may hold: the primary family and the
+#: relevance thresholds of ``landscape compare``, the criterion of ``landscape validate``, the
+#: analyses the study's recipe runs, and free text saying where the choice came from.
+DECLARABLE = ("primary", "relevance", "validate", "analyses", "provenance")
+
+
+def read_declaration(path: str | Path) -> dict[str, Any]:
+    """The entries of a declaration file, checked: a JSON object whose keys are in
+    :data:`DECLARABLE` (others are refused, so that a typo does not silently declare nothing)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read the declaration {path}: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"the declaration {path} is not JSON ({err.msg}, line {err.lineno})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"the declaration {path} must be a JSON object")
+    unknown = sorted(set(data) - set(DECLARABLE))
+    if unknown:
+        raise ConfigError(
+            f"the declaration {path} has unknown entries {', '.join(unknown)}; it may hold "
+            f"{', '.join(DECLARABLE)}"
+        )
+    return data
 
 
 def read_study(path: str | Path) -> dict[str, Any] | None:
