@@ -175,3 +175,39 @@ def test_two_gloo_ranks_give_the_full_dataset_product(tmp_path):
         torch.testing.assert_close(got["products"], vectors @ h, rtol=1e-10, atol=1e-12)
         exact = torch.linalg.eigvalsh(h).flip(0)[:2].numpy()
         assert abs(got["top"].numpy() - exact).max() < 1e-8
+
+
+def test_kept_graphs_give_the_same_products_bit_for_bit():
+    """Keeping the graphs is only a matter of time: the products are computed by the same
+    operations in the same order either way."""
+    model, loss_fn, x, y = tiny_problem()
+    ops = [
+        HessianOperator(model, loss_fn, _ragged(x, y), reuse_graph=r) for r in (None, True, False)
+    ]
+    vectors = torch.randn(3, ops[0].n, dtype=DTYPE, generator=torch.Generator().manual_seed(4))
+    for _ in range(2):  # the first product builds (and measures) the graphs, the second reuses
+        first, *others = [op.matmat(vectors) for op in ops]
+        for other in others:
+            assert torch.equal(first, other)
+    assert ops[0].reuse_graph and ops[0].graph_bytes > 0 and ops[0].n_passes == 1
+    assert ops[2].n_passes == 2
+
+
+def test_graphs_outgrowing_the_budget_are_let_go(monkeypatch):
+    model, loss_fn, x, y = tiny_problem()
+    monkeypatch.setattr(hvp_module, "graph_memory_budget", lambda device: 1)
+    op = HessianOperator(model, loss_fn, _ragged(x, y))
+    h = dense_hessian(model, loss_fn, [(x, y)])
+    v = torch.randn(op.n, dtype=DTYPE, generator=torch.Generator().manual_seed(5))
+    for _ in range(2):
+        torch.testing.assert_close(op.matvec(v), h @ v, rtol=1e-10, atol=1e-12)
+    assert not op.reuse_graph and not op._graphs and op.n_passes == 2
+
+
+def test_the_memory_budget_is_a_share_of_what_is_available():
+    budget = hvp_module.graph_memory_budget(torch.device("cpu"))
+    with open("/proc/meminfo") as f:
+        available = next(
+            int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable")
+        )
+    assert 0 < budget <= available * hvp_module.GRAPH_MEMORY_SHARE * 1.5
