@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -169,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="statistics over analysed runs: per method, paired contrasts, verdicts",
     )
     c.add_argument("paths", nargs="+", type=Path, help="a study directory, or run directories")
-    c.add_argument("--out", type=Path, help="output folder (default STUDY/compare or ./compare)")
+    c.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default STUDY/compare, RUN/compare for one run, else compare/ in "
+        "the runs' common folder)",
+    )
     c.add_argument("--reference", help="method the others are contrasted with (default: okdph)")
     c.add_argument(
         "--max-train-error",
@@ -312,18 +318,35 @@ def init_distributed() -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from landscape.core.errors import LandscapeError
     from landscape.study.compare import compare_runs, load_runs
-    from landscape.study.outputs import write_compare
+    from landscape.study.outputs import too_few_runs, write_compare
 
+    _refuse_a_folder_of_runs(args.paths)
     study, runs = load_runs(args.paths)
     result = compare_runs(
         runs, reference=args.reference, study=study, max_train_error=args.max_train_error
     )
-    default = args.paths[0] / "compare" if study is not None else Path("compare")
+    # Next to what is compared, never into the current directory.
+    if study is not None or len(args.paths) == 1:
+        default = args.paths[0] / "compare"
+    else:
+        common = Path(os.path.commonpath([p.resolve() for p in args.paths]))
+        if args.out is None and common == Path(common.anchor):
+            raise LandscapeError(
+                "the runs share no folder to write compare/ into; choose one with --out"
+            )
+        default = common / "compare"
     out = args.out or default
+    result["inputs"] = [str(r.path.resolve()) for r in runs]
+    if not (study is not None and args.out is None):  # a study's own folder is its to rewrite
+        _refuse_another_comparison(out, result)
     formats = tuple(f for f in args.formats.split(",") if f)
     written, note = write_compare(result, runs, out, formats, args.self_contained)
     print(f"{len(runs)} runs, methods: {', '.join(result['methods'])}")
+    sparse = too_few_runs(result)
+    if sparse:
+        print(sparse)
     for line in result["verdicts"]:
         print(line)
     for line in result["caveats"]:
@@ -332,6 +355,47 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     print(f"results: {out}")
     return 0
+
+
+def _refuse_a_folder_of_runs(paths: list[Path]) -> None:
+    """A single folder that is neither a run nor a study but holds runs: say what to give
+    instead, in one sentence (not "has no run.json")."""
+    from landscape.core.errors import LandscapeError
+
+    if len(paths) != 1 or not paths[0].is_dir():
+        return
+    folder = paths[0]
+    if (folder / "run.json").exists() or (folder / "study.json").exists():
+        return
+    runs = sorted(c for c in folder.iterdir() if (c / "run.json").exists())
+    if len(runs) == 1:
+        raise LandscapeError(
+            f"{folder} is not a study but holds one run, {runs[0]}; compare needs at least two "
+            f"analysed runs of a method: give them, e.g. `landscape compare {runs[0]} OTHER_RUN`, "
+            "or a study from `okdph sweep`"
+        )
+    if runs:
+        raise LandscapeError(
+            f"{folder} is not a study (no study.json) but holds {len(runs)} runs; give them "
+            f"instead: landscape compare {' '.join(str(r) for r in runs)}"
+        )
+
+
+def _refuse_another_comparison(out: Path, result: dict) -> None:
+    """Refuse to overwrite a folder holding the comparison of other runs."""
+    from landscape.core.errors import LandscapeError
+
+    try:
+        held = json.loads((out / "compare.json").read_text())
+    except (OSError, ValueError):
+        return  # nothing, or nothing readable, to lose
+    same = held.get("inputs") == result["inputs"] or (
+        "inputs" not in held and held.get("runs") == result["runs"]
+    )
+    if not same:
+        raise LandscapeError(
+            f"{out} holds a comparison of other runs; remove it or choose another --out"
+        )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -435,6 +499,8 @@ def _analyze_one(args: argparse.Namespace) -> int:
         **{name: getattr(args, name) for name in option_defaults(measures().values())},
     )
     formats = tuple(f for f in args.formats.split(",") if f)
+    if args.resume:
+        _refuse_resume_conflicts(args, settings.to_dict(), formats)
     outcome = analyze_run(
         args.run_dir,
         settings,
@@ -460,6 +526,57 @@ def _analyze_one(args: argparse.Namespace) -> int:
     if outcome.report:
         print(f"report: {outcome.report}")
     return 0
+
+
+# Options of `landscape analyze` that choose where and how to read the run, not what is
+# computed: --resume does not store them, so they never conflict with it.
+_NOT_STORED = {"run_dir", "arch", "data", "data_root", "out", "resume", "no_progress"}
+
+
+def _refuse_resume_conflicts(
+    args: argparse.Namespace, settings: dict, formats: tuple[str, ...]
+) -> None:
+    """--resume continues with the settings stored by the previous call: refuse options given
+    with it whose values differ from the stored ones (they would be silently dropped)."""
+    from landscape.core.errors import LandscapeError
+    from landscape.pipeline.store import ResultsStore
+
+    stored = ResultsStore(args.out or args.run_dir / "analysis").read_settings()
+    if stored is None:
+        return  # analyze_run says there is nothing to resume
+    kept = {
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in stored["settings"].items()},
+        "formats": tuple(stored.get("formats", ())),
+        "self_contained": bool(stored.get("self_contained", False)),
+    }
+    asked = {**settings, "formats": formats, "self_contained": args.self_contained}
+    conflicts, seen = [], set()
+    for dest in sorted(_explicit_options(args.argv) - _NOT_STORED):
+        key = "analyses" if dest == "per_layer" else dest
+        if key in kept and key not in seen and asked.get(key) != kept[key]:
+            seen.add(key)
+            flag = "--" + dest.replace("_", "-")
+            conflicts.append(f"{flag} ({_show(asked[key])}, stored {_show(kept[key])})")
+    if conflicts:
+        raise LandscapeError(
+            f"--resume continues with the settings stored in {args.out or args.run_dir / 'analysis'}"
+            f", which {' and '.join(conflicts)} would change; drop "
+            f"{'it' if len(conflicts) == 1 else 'them'}, or analyse again without --resume"
+        )
+
+
+def _explicit_options(argv: list[str] | None) -> set[str]:
+    """Destinations of the options given on the command line, not defaulted: the same
+    arguments parsed again with every default suppressed."""
+    parser = build_parser()
+    parsers = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parsers += list(action.choices.values())
+    for each in parsers:
+        for action in each._actions:
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def _single(args: argparse.Namespace, **extra):
@@ -556,6 +673,7 @@ def cmd_surface(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``landscape`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
+    args.argv = argv  # which options were given (--resume refuses changed ones)
     from landscape.core.errors import LandscapeError
 
     try:

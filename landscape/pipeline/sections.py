@@ -16,8 +16,10 @@ import plotly.graph_objects as go
 from landscape.measures.base import PieceKey, Scope, Section
 from landscape.measures.registry import measures
 from landscape.report import figures
+from landscape.report.html import HtmlBlock
 
-SectionFigures = tuple[str, str, list[tuple[str, go.Figure]]]
+# (heading, text, [(file stem, figure or table)])
+SectionFigures = tuple[str, str, list[tuple[str, go.Figure | HtmlBlock]]]
 
 #: Tracked curvature is a record of training, not a measure of landscape analyze.
 TRACKING_TEXT = (
@@ -60,7 +62,8 @@ def invariance_note() -> str:
 
 
 def build_sections(summary: Mapping[str, Any]) -> list[SectionFigures]:
-    """Report sections ``(heading, text, [(file stem, figure), ...])`` from a summary.
+    """Report sections ``(heading, text, [(file stem, figure), ...])`` from a summary (the
+    flatness tables are :class:`HtmlTable` blocks, not figures).
 
     ``summary`` is the plain dict of ``summary.json`` (``landscape.pipeline.summary.build_summary``):
     per-epoch flatness rows and every stored record, keyed by its results path.
@@ -75,7 +78,7 @@ def build_sections(summary: Mapping[str, Any]) -> list[SectionFigures]:
 
     def draw(epoch: int | None) -> None:
         """The sections of one epoch (``None``: the run-scope ones), in registry order."""
-        order: dict[str, tuple[Section, list[tuple[str, go.Figure]]]] = {}
+        order: dict[str, tuple[Section, list[tuple[str, go.Figure | HtmlBlock]]]] = {}
         if epoch is not None:
             rows = summary["flatness"][str(epoch)]
             table = figures.flatness_table(rows, table_columns())

@@ -8,7 +8,7 @@
       partial/<piece key>/      chunk stores of surfaces still being computed (removed once stored)
       summary.json              every number, gathered from the pieces
       report.html, figures/     written from the stored records
-      .lock                     held (flock) by the analysis running in the folder
+      .lock                     held (flock) by the analysis running in the folder, then removed
 
 A piece is kept when its fingerprint (a hash of its settings and of the checkpoint files it reads)
 matches, so a re-run or a resume computes only what is missing, and a changed setting or a
@@ -34,6 +34,14 @@ except ImportError:  # Windows: no advisory locks; one analysis per folder is th
 from landscape.core.errors import LandscapeError
 from landscape.core.io import atomic_write_json
 from landscape.core.records import json_safe
+
+
+def _same_file(handle: Any, path: Path) -> bool:
+    """Whether the open ``handle`` is still the file at ``path`` (not removed or replaced)."""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def fingerprint(*parts: Any) -> str:
@@ -115,20 +123,28 @@ class ResultsStore:
     def lock(self) -> Iterator[None]:
         """Hold the folder's lock (``.lock``) while analysing, so that two processes never
         interleave one store. The lock is the kernel's (``flock``): it goes with its process,
-        a ``kill -9`` included, so it is never stale."""
+        a ``kill -9`` included, so it is never stale. The file is removed when the analysis
+        ends (finished, failed or interrupted), while still locked; a waiter that had opened
+        it before then finds its file gone and locks the new one instead."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / ".lock"
-        with open(path, "a+") as handle:
+        while True:
+            handle = open(path, "a+")  # closed below, or by the with that holds the lock
             if fcntl is not None:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     handle.seek(0)
                     holder = handle.read().strip() or "another process"
+                    handle.close()
                     raise LandscapeError(
                         f"{self.root} is being analysed by {holder}; wait for it to finish or "
                         f"choose another --out"
                     ) from None
+            if _same_file(handle, path):
+                break
+            handle.close()  # removed by the holder that just finished: lock the new file
+        with handle:
             handle.seek(0)
             handle.truncate()
             handle.write(f"process {os.getpid()}")
@@ -136,6 +152,10 @@ class ResultsStore:
             try:
                 yield
             finally:
+                # Not fatal where it fails (Windows cannot remove an open file): the next
+                # analysis takes the lock over all the same.
+                with contextlib.suppress(OSError):
+                    path.unlink()
                 if fcntl is not None:
                     fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -12,13 +12,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import plotly.graph_objects as go
+
 from landscape.core.io import atomic_write_bytes, atomic_write_json
 from landscape.measures.base import PieceKey, Scope
 from landscape.measures.registry import measures
 from landscape.pipeline.okdph_adapter import read_metrics
 from landscape.pipeline.runs import Run
 from landscape.pipeline.sections import build_sections
-from landscape.report.html import export_static, write_report
+from landscape.report.html import HtmlTable, export_static, write_report
 
 
 def _records_by_measure(
@@ -166,12 +168,17 @@ def write_outputs(
     when static export was asked for but is unavailable."""
     atomic_write_json(out / "summary.json", summary)
     sections = build_sections(summary)
-    figures = {stem: fig for _, _, figs in sections for stem, fig in figs}
+    drawn = {stem: fig for _, _, figs in sections for stem, fig in figs}
+    # Tables are HTML, not Plotly figures: their data file is a CSV, and they have no image.
+    tables = {stem: t for stem, t in drawn.items() if isinstance(t, HtmlTable)}
+    figures = {stem: f for stem, f in drawn.items() if isinstance(f, go.Figure)}
     report = None
-    _remove_stale_figures(out / "figures", set(figures))
+    _remove_stale_figures(out / "figures", set(figures), set(tables))
     if "json" in formats:
         for stem, fig in figures.items():
             atomic_write_bytes(out / "figures" / f"{stem}.json", fig.to_json().encode())
+        for stem, table in tables.items():
+            atomic_write_bytes(out / "figures" / f"{stem}.csv", table.to_csv().encode())
     if "html" in formats:
         settings = {
             "run": summary["run"]["path"],
@@ -196,12 +203,15 @@ def write_outputs(
     return report, message
 
 
-def _remove_stale_figures(folder: Path, current: set[str]) -> None:
-    """Remove figure files of results the report no longer shows, so figures/ matches it."""
+def _remove_stale_figures(folder: Path, figures: set[str], tables: set[str]) -> None:
+    """Remove figure files of results the report no longer shows (and images or JSON of what
+    is now a table), so figures/ matches it."""
     if not folder.is_dir():
         return
+    current = {f"{stem}{ext}" for stem in figures for ext in (".json", ".png", ".svg", ".pdf")}
+    current |= {f"{stem}.csv" for stem in tables}
     for path in folder.iterdir():
-        if path.suffix in (".json", ".png", ".svg", ".pdf") and path.stem not in current:
+        if path.suffix in (".json", ".csv", ".png", ".svg", ".pdf") and path.name not in current:
             path.unlink(missing_ok=True)
 
 

@@ -197,6 +197,7 @@ def write_trajectories(
         sections,
         {"runs": ", ".join(result["runs"]), **result["settings"]},
         inline_plotlyjs=self_contained,
+        command="landscape trajectories",
     )
     drawn = {"joint_plane": sections[0][2][1], "joint_plane_test": sections[2][2][0]}
     drawn.update({f"joint_plane_{m}": fig for m, fig in zip(methods, panels, strict=True)})

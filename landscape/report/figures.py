@@ -8,6 +8,7 @@ Figures carry their axis units in the titles and their settings in ``layout.meta
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,17 +16,38 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from landscape.report.html import HtmlTable
+
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
+# Light tints of PALETTE, same order: a member averaged from student_i (ema_i, swa_i) takes the
+# tint of student_i's colour, so the pair reads as related but stays distinguishable.
+TINTS = ["#aec7e8", "#ff9896", "#98df8a", "#c5b0d5", "#ffbb78", "#9edae5", "#c49c94", "#f7b6d2"]
 HYBRID_COLOUR = "#111111"
+ENSEMBLE_COLOUR = "#7f7f7f"
 _TEMPLATE = "plotly_white"
+# Point labels on the dark end of Viridis (where members sit, at the minima): light text with a
+# dark outline reads on both ends of the colour scale.
+_LABEL_FONT = {"color": "white", "size": 12, "shadow": "1px 1px 2px black, -1px -1px 2px black"}
 
 
-def member_colour(member: str, members: Sequence[str]) -> str:
-    """A stable colour per member; the hybrid is always black."""
+def member_colour(member: str, members: Sequence[str] = ()) -> str:
+    """The colour of ``member`` in every figure, decided by its name alone so that it is the
+    same in every figure and every run: ``student_<i>`` takes ``PALETTE[i]``, another name
+    ending in ``_<i>`` (an average of student i) the tint of that colour, the hybrid black, the
+    ensemble grey. Names of other forms (and ``run/member`` labels of several runs, which need
+    colours apart from each other) take their place among ``members``."""
     if member in ("hybrid", "barycentre"):
         return HYBRID_COLOUR
-    others = [m for m in members if m not in ("hybrid", "barycentre")]
-    return PALETTE[others.index(member) % len(PALETTE)] if member in others else PALETTE[-1]
+    if member == "ensemble":
+        return ENSEMBLE_COLOUR
+    prefix, _, index = member.rpartition("_")
+    if "/" not in member and prefix and index.isdigit():
+        colours = PALETTE if prefix == "student" else TINTS
+        return colours[int(index) % len(colours)]
+    others = [m for m in members if m not in ("hybrid", "barycentre", "ensemble")]
+    if member in others:
+        return PALETTE[others.index(member) % len(PALETTE)]
+    return TINTS[zlib.crc32(member.encode()) % len(TINTS)]
 
 
 def _finite(values: Any) -> list[float | None]:
@@ -44,15 +66,20 @@ def curves_figure(
 ) -> go.Figure:
     """Loss and accuracy along straight lines between members, train (solid) and test (dashed).
 
-    Each curve record has ``label``, ``alphas`` and per split (``train``/``test``) ``loss`` and
-    ``accuracy`` lists; ``barrier`` (per split) is shown in the legend.
+    Each curve record has ``label``, ``start``, ``end``, ``alphas`` and per split
+    (``train``/``test``) ``loss`` and ``accuracy`` lists; ``barrier`` (per split) is shown in the
+    legend. A curve is drawn in its start member's colour with markers in its end member's, so
+    every pair is told apart and each member keeps the colour it has in every other figure;
+    lines are slightly transparent so that curves lying on top of each other stay visible.
     """
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=("loss", "accuracy"), horizontal_spacing=0.14
     )
     for i, curve in enumerate(curves):
-        colour = PALETTE[i % len(PALETTE)]
-        for split, dash in (("train", "solid"), ("test", "dash")):
+        start, end = curve.get("start"), curve.get("end")
+        line = member_colour(start) if start else PALETTE[i % len(PALETTE)]
+        dots = member_colour(end) if end else line
+        for split, dash, symbol in (("train", "solid", "circle"), ("test", "dash", "square")):
             if split not in curve:
                 continue
             barrier = curve.get("barrier", {}).get(split)
@@ -67,8 +94,9 @@ def curves_figure(
                         name=name,
                         legendgroup=name,
                         showlegend=col == 1,
-                        marker={"size": 4},
-                        line={"color": colour, "dash": dash},
+                        opacity=0.85,
+                        marker={"size": 6, "color": dots, "symbol": symbol},
+                        line={"color": line, "dash": dash, "width": 2},
                     ),
                     row=1,
                     col=col,
@@ -81,7 +109,7 @@ def curves_figure(
     fig.update_layout(
         title=title,
         template=_TEMPLATE,
-        height=480,
+        height=520,
         legend={"font": {"size": 10}, "orientation": "h", "yanchor": "top", "y": -0.2},
     )
     return fig
@@ -105,25 +133,37 @@ _LABEL_POSITIONS = (
 )
 
 
-def label_positions(points: Mapping[str, Sequence[float]]) -> dict[str, str]:
+def label_positions(
+    points: Mapping[str, Sequence[float]], extent: Sequence[float] | None = None
+) -> dict[str, str]:
     """Text positions for point labels: "top center", except that points closer than 8% of the
     plot's extent to an earlier one take the next free position, so their labels do not overlap
-    (students fused onto their hybrid end at nearly one point)."""
+    (students fused onto their hybrid end at nearly one point).
+
+    ``extent`` is the plot's width and height in data units (default: the points' own spread);
+    it must be the plot's when it has one, or points that all end together, spread over a tiny
+    range, never count as close."""
     names = list(points)
     xy = np.asarray([points[n][:2] for n in names], float).reshape(len(names), -1)
-    span = float(np.ptp(xy, axis=0).max()) if len(names) > 1 else 1.0
-    near = 0.08 * (span if span > 0 else 1.0)
+    if extent is None:
+        spread = float(np.ptp(xy, axis=0).max()) if len(names) > 1 else 1.0
+        extent = [spread] * xy.shape[1]
+    # Distances in units of each axis's extent: on a plot whose axes differ in scale, what
+    # overlaps on screen is what is close relative to each axis.
+    scale = np.asarray([e if e > 0 else 1.0 for e in extent[: xy.shape[1]]], float)
     out: dict[str, str] = {}
     for i, name in enumerate(names):
-        taken = {out[names[j]] for j in range(i) if np.linalg.norm(xy[i] - xy[j]) < near}
+        taken = {out[names[j]] for j in range(i) if np.linalg.norm((xy[i] - xy[j]) / scale) < 0.08}
         out[name] = next(p for p in (*_LABEL_POSITIONS, "top center") if p not in taken)
     return out
 
 
 def _overlay_points(fig: go.Figure, record: Mapping[str, Any], z_of: Any = None) -> None:
-    members = list(record.get("points", {}))
-    positions = label_positions(record.get("points", {}))
-    for name, xy in record.get("points", {}).items():
+    points = record.get("points", {})
+    members = list(points) + [m for m in record.get("trajectories", {}) if m not in points]
+    extent = [float(np.ptp(record[axis])) for axis in ("x", "y") if axis in record]
+    positions = label_positions(points, extent if len(extent) == 2 else None)
+    for name, xy in points.items():
         kwargs = dict(
             x=[xy[0]],
             y=[xy[1]],
@@ -131,20 +171,21 @@ def _overlay_points(fig: go.Figure, record: Mapping[str, Any], z_of: Any = None)
             text=[name],
             textposition=positions[name],
             name=name,
+            legendgroup=name,
             marker={
-                "size": 11 if z_of is None else 6,
+                "size": 11 if z_of is None else 7,
                 "color": member_colour(name, members),
                 "symbol": _symbol(name, three_d=z_of is not None),
+                "line": {"color": "white", "width": 1},
             },
         )
         if z_of is None:
-            fig.add_trace(go.Scatter(**kwargs))
+            fig.add_trace(go.Scatter(textfont=_LABEL_FONT, **kwargs))
         else:
-            fig.add_trace(
-                go.Scatter3d(
-                    z=[z_of(xy)], **{k: v for k, v in kwargs.items() if k != "textposition"}
-                )
-            )
+            # No text in 3D: labels placed apart on the plane still meet once projected;
+            # the legend (and hover) names the points.
+            kwargs.update(mode="markers", hovertext=[name], textposition=None, text=None)
+            fig.add_trace(go.Scatter3d(z=[z_of(xy)], **kwargs))
     for name, path in record.get("trajectories", {}).items():
         path = np.asarray(path, dtype=float)
         if z_of is None:
@@ -154,6 +195,7 @@ def _overlay_points(fig: go.Figure, record: Mapping[str, Any], z_of: Any = None)
                     y=path[:, 1],
                     mode="lines+markers",
                     name=f"{name} path",
+                    legendgroup=name,
                     marker={"size": 4},
                     line={"color": member_colour(name, members)},
                 )
@@ -166,9 +208,18 @@ def _overlay_points(fig: go.Figure, record: Mapping[str, Any], z_of: Any = None)
                     z=[z_of(p) for p in path],
                     mode="lines",
                     name=f"{name} path",
+                    legendgroup=name,
                     line={"color": member_colour(name, members), "width": 4},
                 )
             )
+
+
+def _short(title: str) -> str:
+    """A 3D axis title: without its parenthesis ("PC 2 (18.8% of variance)" -> "PC 2"), and of
+    a long one only its last two words ("L2 distance along axis 1" -> "axis 1"). 3D axis titles
+    sit beside their axes' ends, where long ones run into each other and out of the scene."""
+    short = title.split(" (")[0]
+    return short if len(short) <= 12 else " ".join(short.split()[-2:])
 
 
 def surface_figure(
@@ -198,19 +249,44 @@ def surface_figure(
             )
         )
 
+        finite = z[np.isfinite(z)]
+        # Points and paths float a little above the surface: drawn at its height, the surface
+        # hides half of each marker and all of its label.
+        lift = 0.03 * float(np.ptp(finite)) if finite.size else 0.0
+
         def z_of(xy: Sequence[float]) -> float:
             i = int(np.argmin(np.abs(y - xy[1])))
             j = int(np.argmin(np.abs(x - xy[0])))
-            return float(z[i, j]) if math.isfinite(z[i, j]) else 0.0
+            return (float(z[i, j]) if math.isfinite(z[i, j]) else 0.0) + lift
 
         _overlay_points(fig, record, z_of)
+        # Short titles on the axes (long ones overlap where the axes meet and are clipped at
+        # the scene's edge); the full ones, with their units, in a line under the scene.
+        x_title, y_title = axes.get("x", "x"), axes.get("y", "y")
         fig.update_layout(
             scene={
-                "xaxis_title": axes.get("x", "x"),
-                "yaxis_title": axes.get("y", "y"),
-                "zaxis_title": label,
-            }
+                "xaxis_title": _short(x_title),
+                "yaxis_title": _short(y_title),
+                "zaxis_title": metric,
+                "camera": {"eye": {"x": 1.5, "y": 1.5, "z": 0.9}},
+            },
+            margin={"l": 10, "r": 10, "t": 60, "b": 110},
+            annotations=[
+                {
+                    "text": f"x: {x_title}<br>y: {y_title}<br>z: {split} {label}",
+                    "xref": "paper",
+                    "yref": "paper",
+                    "x": 0,
+                    "y": -0.02,
+                    "xanchor": "left",
+                    "yanchor": "top",
+                    "align": "left",
+                    "showarrow": False,
+                    "font": {"size": 11, "color": "#555555"},
+                }
+            ],
         )
+        legend_y = -0.2
     else:
         fig = go.Figure(
             go.Contour(
@@ -219,7 +295,13 @@ def surface_figure(
                 z=_grid(z),
                 colorscale="Viridis",
                 colorbar={"title": label},
-                contours={"coloring": "heatmap"},
+                # Labelled levels, in white: dark text disappears on the dark end of Viridis.
+                contours={
+                    "coloring": "heatmap",
+                    "showlabels": True,
+                    "labelfont": {"color": "white", "size": 10},
+                },
+                line={"color": "rgba(255, 255, 255, 0.5)", "width": 1},
                 connectgaps=False,
                 name=metric,
             )
@@ -229,11 +311,12 @@ def surface_figure(
         if record.get("equal_axes"):  # both axes in the same units: keep distances true
             fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
         fig.update_yaxes(title_text=axes.get("y", "y"))
+        legend_y = -0.15
     fig.update_layout(
         title=title,
         template=_TEMPLATE,
-        height=600,
-        legend={"orientation": "h", "yanchor": "top", "y": -0.15, "x": 0},
+        height=640,
+        legend={"orientation": "h", "yanchor": "top", "y": legend_y, "x": 0},
     )
     return fig
 
@@ -257,7 +340,8 @@ def density_figure(densities: Mapping[str, Mapping[str, Any]]) -> go.Figure:
                 line={"color": member_colour(name, names)},
             )
         )
-    fig.update_yaxes(type="log", title_text="density (log scale)")
+    # Powers of ten, not SI prefixes: "1u" or "100p" do not read as densities.
+    fig.update_yaxes(type="log", title_text="density (log scale)", exponentformat="power")
     fig.update_xaxes(title_text="Hessian eigenvalue")
     fig.update_layout(title="Hessian spectral density", template=_TEMPLATE, height=420)
     return fig
@@ -446,30 +530,16 @@ def tracking_figure(tracking: Mapping[str, Any]) -> go.Figure:
 
 def flatness_table(
     rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
-) -> go.Figure:
-    """A table comparing members (students, hybrid, ensemble) on the flatness measures.
+) -> HtmlTable:
+    """A table comparing members (students, hybrid, ensemble) on the flatness measures, as a
+    plain HTML table (names as they are, every row shown).
 
     ``columns`` lists ``(key, header)``; missing values show as an en dash.
     """
-
-    def fmt(v: Any) -> str:
-        if v is None or (isinstance(v, float) and not math.isfinite(v)):
-            return "\u2013"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
-    cells = [[fmt(r.get(key)) for r in rows] for key, _ in columns]
-    fig = go.Figure(
-        go.Table(
-            header={"values": [h for _, h in columns], "align": "left", "fill_color": "#eeeeee"},
-            cells={"values": cells, "align": "left"},
-        )
-    )
-    fig.update_layout(
+    # Columns no member has (measures not run) would only add dashes.
+    columns = [(k, h) for k, h in columns if any(r.get(k) is not None for r in rows)]
+    return HtmlTable(
+        [h for _, h in columns],
+        [[r.get(key) for key, _ in columns] for r in rows],
         title="Flatness by member",
-        template=_TEMPLATE,
-        height=120 + 32 * max(1, len(rows)),
-        margin={"t": 50, "b": 10},
     )
-    return fig

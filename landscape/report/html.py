@@ -10,8 +10,11 @@ raises ``ExportUnavailable`` with a sentence saying how to enable export; HTML a
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import json
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -50,6 +53,52 @@ class HtmlBlock:
         return self.markup
 
 
+def format_cell(value: Any) -> str:
+    """A table cell's text: floats to 4 significant digits, missing or non-finite as an en dash,
+    anything else as it is."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "\u2013"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class HtmlTable(HtmlBlock):
+    """A plain HTML ``<table>`` (a Plotly table renders names as markdown, "student_0" as
+    "student 0", cuts its last row and leaves blank space under it). Keeps its cells, so the
+    table can be written as CSV beside the figures' files.
+
+    Args:
+        headers: column headings.
+        rows: one list of values per row (see :func:`format_cell`).
+        title: a caption above the table.
+    """
+
+    def __init__(
+        self, headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
+    ) -> None:
+        self.headers = list(headers)
+        self.rows = [[format_cell(v) for v in row] for row in rows]
+        self.title = title
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+            for row in self.rows
+        )
+        caption = f"<caption>{html.escape(title)}</caption>" if title else ""
+        super().__init__(
+            f"<div class='table-wrap'><table class='data'>{caption}<thead><tr>{head}</tr>"
+            f"</thead><tbody>{body}</tbody></table></div>"
+        )
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(self.headers)
+        writer.writerows(self.rows)
+        return buf.getvalue()
+
+
 def write_report(
     path: str | Path,
     title: str,
@@ -57,6 +106,7 @@ def write_report(
     settings: Mapping[str, Any],
     *,
     inline_plotlyjs: bool = False,
+    command: str = "landscape analyze",
 ) -> Path:
     """Write a self-contained HTML report.
 
@@ -67,13 +117,18 @@ def write_report(
             an :class:`HtmlBlock` among the figures is placed as it is.
         settings: every setting of the analysis, shown as a table at the end.
         inline_plotlyjs: embed plotly.js in the page (one ~4.5 MB file) instead of beside it.
+        command: the command that wrote the page, named in the note on how to write it as one
+            file (``landscape compare``: ``landscape compare --self-contained``).
 
     Returns:
         The path written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if inline_plotlyjs:
+    drawn = any(not isinstance(f, HtmlBlock) for _, _, figs in sections for f in figs)
+    if not drawn:  # text and tables only: no plotly.js, and no note about it
+        script = ""
+    elif inline_plotlyjs:
         script = f"<script>{plotly.offline.get_plotlyjs()}</script>"
     else:
         js = path.parent / "plotly.min.js"
@@ -82,9 +137,9 @@ def write_report(
         script = "<script src='plotly.min.js'></script>"
     needs = (
         ""
-        if inline_plotlyjs
+        if inline_plotlyjs or not drawn
         else "<p class='note'>The figures need <code>plotly.min.js</code> from this folder; to "
-        "send the report alone, write it with <code>landscape analyze --self-contained</code>."
+        f"send the report alone, write it with <code>{html.escape(command)} --self-contained</code>."
         "</p>"
     )
     body = []
@@ -119,6 +174,13 @@ table.settings th, table.settings td {{ border: 1px solid #ddd; padding: 4px 8px
   vertical-align: top; }}
 table.settings td {{ font-family: monospace; word-break: break-all; }}
 p.note {{ font-size: 0.85rem; color: #666; }}
+div.table-wrap {{ overflow-x: auto; margin: 1rem 0; }}
+table.data {{ border-collapse: collapse; font-size: 0.85rem; }}
+table.data caption {{ text-align: left; font-weight: 600; padding: 4px 0; }}
+table.data th, table.data td {{ border: 1px solid #ddd; padding: 4px 8px; text-align: left;
+  vertical-align: top; }}
+table.data th {{ background: #f4f4f4; }}
+ul.lines li {{ margin: 0.3rem 0; }}
 </style></head>
 <body><h1>{html.escape(title)}</h1>{needs}<ul>{toc}<li><a href='#settings'>Settings</a></li></ul>
 {"".join(body)}

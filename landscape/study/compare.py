@@ -116,6 +116,7 @@ def compare_runs(
         row["relevance"] = relevance(row["measure"], declared)
         row["verdict"] = verdict(row)
     correlations = _correlations(runs, means, max_train_error)
+    correlation_note = _why_no_correlation(runs, means, max_train_error, correlations)
     tracking = tracking_bands(runs)
     caveats = _caveats(methods, runs)
     return {
@@ -126,6 +127,7 @@ def compare_runs(
         ],
         "contrasts": contrasts,
         "correlations": correlations,
+        "correlation_note": correlation_note,
         "tracking": tracking,
         "verdicts": [c["verdict"] for c in contrasts if c["family"] == "primary"]
         + [c["verdict"] for c in contrasts if c["family"] != "primary"],
@@ -253,6 +255,40 @@ def _correlations(runs: list[RunRecord], means: dict, max_train_error: float) ->
     return out
 
 
+#: Kendall's tau needs this many runs (fewer give no tau; see ``stats.kendall``).
+MIN_CORRELATION_RUNS = 3
+
+
+def _why_no_correlation(
+    runs: list[RunRecord], means: dict, max_train_error: float, correlations: list[dict]
+) -> str | None:
+    """Why no Kendall's tau could be computed, in one sentence (``None`` when one was)."""
+    if any(c["n"] >= MIN_CORRELATION_RUNS for c in correlations):
+        return None
+    students = [means[(r.method, r.seed, "students")] for r in runs]
+    flatness = [name for name, f in compare_fields().items() if f.correlate]
+    if not any("train_acc" in m for m in students):
+        return (
+            "no run holds the fit analysis (training accuracy and generalisation gaps): "
+            "analyse the runs with fit among --analyses"
+        )
+    if not any(name in m for m in students for name in flatness):
+        return (
+            f"no run holds a flatness measure to correlate ({', '.join(flatness)}): analyse the "
+            "runs with eigen, trace or sharpness among --analyses"
+        )
+    kept = sum(1 for m in students if 1 - m.get("train_acc", 0.0) <= max_train_error)
+    if kept == 0:
+        return (
+            f"no run's students fit their training set (train error <= {max_train_error:g}, "
+            f"0 of {len(runs)} runs); train longer or raise --max-train-error"
+        )
+    return (
+        f"Kendall's tau needs at least {MIN_CORRELATION_RUNS} runs whose students fit their "
+        f"training set (train error <= {max_train_error:g}), and {kept} of {len(runs)} do"
+    )
+
+
 def _caveats(methods: list[str], runs: list[RunRecord]) -> list[str]:
     notes = []
     paper = [
@@ -261,7 +297,9 @@ def _caveats(methods: list[str], runs: list[RunRecord]) -> list[str]:
         if r.method.startswith("okdph")
         and r.config.get("method_args", {}).get("mode", "paper") == "paper"
     ]
-    if paper:
+    # About the student-student barrier: said only where one was measured (interp).
+    barriers = any("barrier_students" in v for r in paper for v in r.values.values())
+    if barriers:
         notes.append(
             "paper-mode OKDPH trains on random points of its students' simplex, so a low "
             "student-student barrier is part of its objective, not a finding about flatness"

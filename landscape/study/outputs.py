@@ -1,11 +1,14 @@
-"""What ``landscape compare`` writes: compare.json, a tidy compare.csv, and an offline report."""
+"""What ``landscape compare`` writes: compare.json, a tidy compare.csv, and an offline report
+(plots in Plotly; verdicts, caveats and correlations as HTML text and tables)."""
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from landscape.core.io import atomic_write_bytes
 from landscape.report.figures import PALETTE
-from landscape.report.html import export_static, write_report
+from landscape.report.html import HtmlBlock, HtmlTable, export_static, write_report
 from landscape.study.collect import RunRecord, compare_fields, run_means
 
 
@@ -48,6 +51,20 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
+
+
+def value_range(values: Sequence[float | None], log: bool) -> list[float] | None:
+    """An axis range holding every value, interval ends included, with a margin of 8% (Plotly's
+    own range leaves error bars' caps outside the panel); on a log axis in powers of ten, as
+    Plotly takes it, from the positive values. ``None`` (Plotly's choice) when there are none."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v) and (v > 0 or not log)]
+    if not finite:
+        return None
+    if log:
+        finite = [math.log10(v) for v in finite]
+    low, high = min(finite), max(finite)
+    pad = 0.08 * (high - low) if high > low else (0.1 if log else 0.1 * abs(low) or 0.1)
+    return [low - pad, high + pad]
 
 
 def strip_figure(result: dict[str, Any], runs: Sequence[RunRecord]) -> go.Figure:
@@ -110,8 +127,20 @@ def strip_figure(result: dict[str, Any], runs: Sequence[RunRecord]) -> go.Figure
                     row=row,
                     col=col,
                 )
-        if fields[measure].log:
-            fig.update_yaxes(type="log", row=row, col=col)
+        log = fields[measure].log
+        ends = [run_means(r, "students").get(measure) for r in runs]
+        for method in methods:
+            d = result["methods"][method].get("students", {}).get(measure)
+            if d and d["n"] > 1:
+                ends += [d["ci_low"], d["ci_high"]]
+        axis_range = value_range(ends, log)
+        fig.update_yaxes(
+            type="log" if log else "linear",
+            range=axis_range,
+            exponentformat="power",
+            row=row,
+            col=col,
+        )
     fig.update_layout(
         title="Students' measures per method (points: runs; bars: 95% interval)",
         template="plotly_white",
@@ -160,7 +189,18 @@ def contrast_figure(result: dict[str, Any]) -> go.Figure:
                 row=1,
                 col=col,
             )
-    fig.update_xaxes(type="log", row=1, col=1)
+    for col, log in ((1, True), (2, False)):
+        ends = [1.0 if log else 0.0]  # the line of no difference stays in view
+        for c in result["contrasts"]:
+            if c["log"] is log and c["estimate"] is not None and math.isfinite(c["ci_low"]):
+                ends += [c["estimate"], c["ci_low"], c["ci_high"]]
+        fig.update_xaxes(
+            type="log" if log else "linear",
+            range=value_range(ends, log),
+            exponentformat="power",
+            row=1,
+            col=col,
+        )
     fig.add_vline(x=1.0, line_dash="dot", row=1, col=1)
     fig.add_vline(x=0.0, line_dash="dot", row=1, col=2)
     fig.update_layout(
@@ -214,39 +254,60 @@ def tracking_figure(result: dict[str, Any]) -> go.Figure:
                     line={"color": colour, "dash": "dash", "shape": "hv"},
                 )
             )
-    fig.update_yaxes(type="log", title_text="\u03bb max of the students")
+    fig.update_yaxes(type="log", title_text="\u03bb max of the students", exponentformat="power")
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(template="plotly_white", height=440)
     return fig
 
 
-def text_table(title: str, lines: Sequence[str]) -> go.Figure:
-    fig = go.Figure(
-        go.Table(
-            header={"values": [title], "align": "left"},
-            cells={"values": [list(lines) or ["(none)"]], "align": "left"},
-        )
-    )
-    fig.update_layout(
-        template="plotly_white", height=120 + 40 * max(1, len(lines)), margin={"t": 20, "b": 10}
-    )
-    return fig
+def text_list(lines: Sequence[str], empty: str) -> HtmlBlock:
+    """Sentences (verdicts, caveats) as an HTML list; ``empty`` says why there are none."""
+    if not lines:
+        return HtmlBlock(f"<p>{html.escape(empty)}</p>")
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return HtmlBlock(f"<ul class='lines'>{items}</ul>")
 
 
-def correlation_lines(result: dict[str, Any]) -> list[str]:
-    out = []
+def correlation_table(result: dict[str, Any]) -> HtmlBlock:
+    """Kendall's tau of each flatness measure with each target over the runs that fit their
+    training set, or the sentence saying why there is none."""
+    rows = []
     for c in result["correlations"]:
-        ci = (
-            ""
-            if c["ci_low"] is None or not math.isfinite(c["ci_low"])
-            else (f" [{c['ci_low']:.2f}, {c['ci_high']:.2f}]")
+        finite = c["ci_low"] is not None and math.isfinite(c["ci_low"])
+        rows.append(
+            [
+                c["measure"],
+                c["target"],
+                f"{c['tau']:+.2f}" if math.isfinite(c["tau"]) else None,
+                f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]" if finite else None,
+                f"{c['n']} of {c['runs']}",
+            ]
         )
-        tau = "n/a" if not math.isfinite(c["tau"]) else f"{c['tau']:+.2f}{ci}"
-        out.append(
-            f"tau({c['measure']}, {c['target']}) = {tau}, n={c['n']} runs "
-            f"(of {c['runs']}; train error <= {c['max_train_error']:g})"
-        )
-    return out
+    note = result.get("correlation_note")
+    block = (
+        HtmlTable(["measure", "target", "Kendall's tau", "95% interval", "runs used"], rows)
+        if rows
+        else None
+    )
+    text = f"<p>No correlation: {html.escape(note)}.</p>" if note else ""
+    return HtmlBlock((block.markup if block else "") + text)
+
+
+#: Paired contrasts and intervals need two runs (seeds) of a method.
+MIN_RUNS_PER_METHOD = 2
+
+
+def too_few_runs(result: dict[str, Any]) -> str | None:
+    """The sentence saying that no method has enough runs to compare (``None`` when one has)."""
+    counts = Counter(r["method"] for r in result["runs"])
+    if max(counts.values(), default=0) >= MIN_RUNS_PER_METHOD:
+        return None
+    have = ", ".join(f"{m}: {n}" for m, n in sorted(counts.items()))
+    return (
+        f"Comparison needs at least {MIN_RUNS_PER_METHOD} analysed runs (seeds) per method, and "
+        f"no method here has that many (runs per method: {have}); compare a study, e.g. from "
+        "`okdph sweep --seeds 0-2`, or list more runs."
+    )
 
 
 def write_compare(
@@ -257,7 +318,9 @@ def write_compare(
     self_contained: bool = False,
 ) -> tuple[list[Path], str | None]:
     """Write compare.json, compare.csv and (with "html") compare.html; static figures with
-    png/svg/pdf. Returns the files and a note when static export was unavailable."""
+    png/svg/pdf (the plots only: verdicts, caveats and correlations are text, in compare.json
+    and the page). With fewer than two runs of every method the page says so in one sentence
+    and nothing is plotted. Returns the files and a note when static export was unavailable."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     path = out / "compare.json"
@@ -270,29 +333,37 @@ def write_compare(
     writer.writerows(rows)
     atomic_write_bytes(out / "compare.csv", buf.getvalue().encode())
     written.append(out / "compare.csv")
-    figures = {
-        "strip": strip_figure(result, runs),
-        "contrasts": contrast_figure(result),
-        "verdicts": text_table("verdicts", result["verdicts"]),
-        "correlations": text_table(
-            "flatness against generalisation (Kendall)", correlation_lines(result)
-        ),
-        "caveats": text_table("caveats", result["caveats"]),
-    }
-    if result.get("tracking"):
-        figures["tracking"] = tracking_figure(result)
+    sparse = too_few_runs(result)
+    figures: dict[str, go.Figure] = {}
+    if sparse is None:
+        figures["strip"] = strip_figure(result, runs)
+        figures["contrasts"] = contrast_figure(result)
+        if result.get("tracking"):
+            figures["tracking"] = tracking_figure(result)
     if "html" in formats:
-        sections = [
-            (
-                "Verdicts",
-                "Paired by seed; primary family Holm-adjusted, the rest exploratory "
-                "(Benjamini-Hochberg).",
-                [figures["verdicts"], figures["caveats"]],
-            ),
-            ("Measures per method", "", [figures["strip"]]),
-            ("Contrasts", "", [figures["contrasts"]]),
-            ("Does flatness track generalisation?", "", [figures["correlations"]]),
-        ]
+        sections: list[tuple[str, str, list[go.Figure | HtmlBlock]]]
+        if sparse is not None:  # one sentence, not empty panels on arbitrary axes
+            sections = [("Not enough runs", sparse, [])]
+        else:
+            sections = [
+                (
+                    "Verdicts",
+                    "Paired by seed; primary family Holm-adjusted, the rest exploratory "
+                    "(Benjamini-Hochberg).",
+                    [
+                        text_list(result["verdicts"], "No contrast: no two methods share a seed."),
+                        HtmlBlock("<h3>Caveats</h3>"),
+                        text_list(result["caveats"], "None."),
+                    ],
+                ),
+                ("Measures per method", "", [figures["strip"]]),
+                ("Contrasts", "", [figures["contrasts"]]),
+                (
+                    "Does flatness track generalisation?",
+                    "Kendall's tau over the runs whose students fit their training set.",
+                    [correlation_table(result)],
+                ),
+            ]
         if "tracking" in figures:
             sections.append(
                 (
@@ -310,6 +381,7 @@ def write_compare(
                 sections,
                 {**result["settings"], "reference": result["reference"]},
                 inline_plotlyjs=self_contained,
+                command="landscape compare",
             )
         )
     exported, note = export_static(figures, out / "figures", formats)

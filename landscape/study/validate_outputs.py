@@ -417,6 +417,7 @@ def write_validate(
                 sections,
                 settings,
                 inline_plotlyjs=self_contained,
+                command="landscape validate",
             )
         )
     exported, note = export_static(figures, out / "figures", formats)
