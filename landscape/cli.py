@@ -351,6 +351,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(line)
     for line in result["caveats"]:
         print(f"caveat: {line}")
+    for method, r in result.get("reported_accuracy", {}).items():
+        best, last = r["best_over_epochs_and_networks"], r["students_last_epoch"]
+        print(
+            f"accuracy as the reference code reports it (best over tested epochs and networks): "
+            f"{method} {best['mean']:.4f}, its students at the last epoch {last['mean']:.4f} "
+            f"(n = {best['n']})"
+        )
     if note:
         print(f"note: {note}", file=sys.stderr)
     print(f"results: {out}")

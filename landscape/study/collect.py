@@ -15,7 +15,7 @@ from typing import Any
 from landscape.core.errors import LandscapeError
 from landscape.measures.base import Field, PieceKey, Scope, is_number
 from landscape.measures.registry import measures
-from landscape.pipeline.okdph_adapter import read_run_info, read_study
+from landscape.pipeline.okdph_adapter import read_metrics, read_run_info, read_study
 
 # Settings that may differ between runs without making their numbers incomparable.
 IGNORED_SETTINGS = {"members", "analyses", "device", "epochs", "lanczos_basis"}
@@ -48,6 +48,8 @@ class RunRecord:
     config: dict[str, Any]
     # The curvature tracked during training (summary.json "tracking"; {} when none).
     tracking: dict[str, Any] = field(default_factory=dict)
+    # The test accuracy as the OKDPH reference code reports it (:func:`reported_accuracy`).
+    reported: dict[str, Any] = field(default_factory=dict)
 
 
 def study_runs(path: Path) -> tuple[dict[str, Any] | None, list[tuple[Path, str]]]:
@@ -118,7 +120,34 @@ def load_run(path: Path, label: str | None = None) -> RunRecord:
         definitions=definitions,
         config=config,
         tracking=summary.get("tracking") or {},
+        reported=reported_accuracy(path, [m for m, k in kinds.items() if k != "ensemble"]),
     )
+
+
+def reported_accuracy(path: Path, networks: list[str]) -> dict[str, Any]:
+    """The test accuracy as the OKDPH reference code reports it: the best over every epoch whose
+    test split was evaluated and over every network (students, the hybrid, averages; not the
+    ensemble of their outputs), read from metrics.jsonl. It selects on the test set, so it is
+    optimistic by construction; ``landscape compare`` shows it beside the students' last-epoch
+    accuracy to show by how much. ``{}`` when no epoch logged a test accuracy.
+
+    Returns ``value`` (a fraction), the ``epoch`` and ``member`` it came from, and ``epochs``:
+    the epochs it is the best over (all epochs only when every epoch was tested)."""
+    best: tuple[float, int, str] | None = None
+    epochs = []
+    for line in read_metrics(path):
+        found = [
+            (float(line[f"{m}/test_acc"]), int(line["epoch"]), m)
+            for m in networks
+            if is_number(line.get(f"{m}/test_acc")) and is_number(line.get("epoch"))
+        ]
+        if found:
+            epochs.append(found[0][1])
+            top = max(found, key=lambda t: t[0])
+            best = top if best is None or top[0] > best[0] else best
+    if best is None:
+        return {}
+    return {"value": best[0], "epoch": best[1], "member": best[2], "epochs": sorted(set(epochs))}
 
 
 def _gather_measures(

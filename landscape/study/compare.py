@@ -42,6 +42,34 @@ def relevance(measure: str, declared: dict[str, float]) -> float:
     return DEFAULT_RELEVANCE.get(measure, DEFAULT_RELEVANCE["default"])
 
 
+def reported_accuracies(
+    runs: list[RunRecord], means: dict[tuple[str, int, str], dict[str, float]]
+) -> dict[str, dict[str, Any]]:
+    """Per method: the accuracy as the OKDPH reference code reports it (best over the tested
+    epochs and every network, :func:`landscape.study.collect.reported_accuracy`) beside the
+    students' last-epoch accuracy, and their difference per run (the size of the selection on
+    the test set), each summarised over runs with its 95% interval."""
+    out: dict[str, dict[str, Any]] = {}
+    for method in sorted({r.method for r in runs}):
+        best, last, selection, epochs = [], [], [], set()
+        for r in runs:
+            students = means[(r.method, r.seed, "students")].get("test_acc")
+            if r.method != method or not r.reported or students is None:
+                continue
+            best.append(r.reported["value"])
+            last.append(students)
+            selection.append(r.reported["value"] - students)
+            epochs.update(r.reported["epochs"])
+        if best:
+            out[method] = {
+                "best_over_epochs_and_networks": asdict(stats.describe(best)),
+                "students_last_epoch": asdict(stats.describe(last)),
+                "selection": asdict(stats.describe(selection)),
+                "epochs_tested": sorted(epochs),
+            }
+    return out
+
+
 def compare_runs(
     runs: list[RunRecord],
     *,
@@ -115,6 +143,7 @@ def compare_runs(
         row.setdefault("p_adj", math.nan)
         row["relevance"] = relevance(row["measure"], declared)
         row["verdict"] = verdict(row)
+    reported = reported_accuracies(runs, means)
     correlations = _correlations(runs, means, max_train_error)
     correlation_note = _why_no_correlation(runs, means, max_train_error, correlations)
     tracking = tracking_bands(runs)
@@ -126,6 +155,7 @@ def compare_runs(
             {"name": r.name, "method": r.method, "seed": r.seed, "epoch": r.epoch} for r in runs
         ],
         "contrasts": contrasts,
+        "reported_accuracy": reported,
         "correlations": correlations,
         "correlation_note": correlation_note,
         "tracking": tracking,

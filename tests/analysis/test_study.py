@@ -115,3 +115,30 @@ def test_compare_refuses_runs_analysed_differently(study, capsys, tmp_path):
     assert landscape(["compare", str(copy)]) == 2
     err = capsys.readouterr().err
     assert "different settings (samples" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_reports_accuracy_as_the_reference_code_does(study, capsys):
+    """The best test accuracy over every tested epoch and every network (hybrid included, the
+    ensemble not), beside the students' last-epoch accuracy, per run from metrics.jsonl."""
+    assert landscape(["compare", str(study), "--formats", "html,json"]) == 0
+    assert "accuracy as the reference code reports it" in capsys.readouterr().out
+    result = json.loads((study / "compare" / "compare.json").read_text())
+    okdph_runs = sorted(p for p in study.iterdir() if p.name.startswith("okdph"))
+    best, last = [], []
+    for run in okdph_runs:
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        accs = [
+            v
+            for line in lines
+            for k, v in line.items()
+            if k.endswith("/test_acc") and not k.startswith("ensemble")
+        ]
+        best.append(max(accs))
+        final = [line for line in lines if "student_0/test_acc" in line][-1]
+        last.append((final["student_0/test_acc"] + final["student_1/test_acc"]) / 2)
+    reported = result["reported_accuracy"]["okdph"]
+    assert reported["best_over_epochs_and_networks"]["mean"] == pytest.approx(sum(best) / 2)
+    assert reported["students_last_epoch"]["mean"] == pytest.approx(sum(last) / 2)
+    assert reported["selection"]["mean"] >= 0 and reported["epochs_tested"] == [0, 1, 2]
+    page = (study / "compare" / "compare.html").read_text()
+    assert "Accuracy as the reference code reports it" in page and "epochs tested" in page
