@@ -29,6 +29,7 @@ import torch
 
 import landscape.curvature.products as products
 from landscape.cli import main as landscape_main
+from landscape.measures.base import PieceKey
 from okdph.cli import main as okdph_main
 
 RESULTS = Path(__file__).parent / "results"
@@ -62,9 +63,19 @@ def _analyze(run: Path, out: Path, keep_graphs: bool) -> dict[str, Any]:
 def _by_measure(pieces: dict[str, dict[str, Any]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, piece in pieces.items():
-        measure = key.rsplit("/", 1)[-1]
+        # Member pieces end in the measure (epoch/member/eigen), pair pieces name it in the
+        # middle (epoch/interp/a--b): the store's path is PieceKey.path().
+        measure = PieceKey.parse(key).measure
         out[measure] = out.get(measure, 0.0) + piece["seconds"]
     return out
+
+
+def rewrite(path: Path) -> None:
+    """The markdown again from a stored analysis.json (after a change of its layout)."""
+    result = json.loads(path.read_text())
+    result["by_measure"] = {k: _by_measure(v["pieces"]) for k, v in result["analysis"].items()}
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    path.with_suffix(".md").write_text(_markdown(result))
 
 
 def main() -> None:
