@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -46,10 +47,14 @@ class DML(Method):
         for i, z in enumerate(logits):
             ce = F.cross_entropy(z, y)
             peers = [p.detach() for j, p in enumerate(logits) if j != i]
-            kd = sum(kd_loss(z, p, cfg.temperature) for p in peers) / max(1, len(peers))
+            # With a single student there is no peer: kd is a zero tensor (the trainer logs it).
+            kd = (
+                torch.stack([kd_loss(z, p, cfg.temperature) for p in peers]).mean()
+                if peers
+                else ce.new_zeros(())
+            )
             loss = ce + cfg.kd_weight * kd
-            # kd is 0.0 (a float) when there is a single student
-            terms.update({f"student_{i}/ce": ce, f"student_{i}/kd": kd, f"student_{i}/loss": loss})  # type: ignore[dict-item]
+            terms.update({f"student_{i}/ce": ce, f"student_{i}/kd": kd, f"student_{i}/loss": loss})
             total = total + loss
         terms["loss"] = total
         return total, terms

@@ -194,6 +194,11 @@ class WML(Method):
                 raise ConfigError(f"method.weight_lr must not be negative, got {self.weight_lr}")
 
     def __init__(self, config, make_model, num_students, init):
+        if num_students < 2:
+            raise ConfigError(
+                f"wml needs num_students >= 2 (peers weighted against each other), got "
+                f"{num_students}"
+            )
         super().__init__(config, make_model, num_students, init)
         self.register_buffer("peer_weights", torch.full((num_students,), 1.0 / num_students))
         # Saved with the weights so a resumed run logs what an uninterrupted one would.

@@ -317,11 +317,13 @@ def test_the_older_datasets_keep_their_random_subsets():
 
 # ---- presets ----------------------------------------------------------------------------------
 def test_fmnist_presets_exist_and_use_the_cheaper_test_schedule():
-    assert {"fmnist", "fmnist-quick"} <= set(FMNIST_PRESETS)
+    assert {"fmnist", "fmnist-quick", "fmnist-grid"} <= set(FMNIST_PRESETS)
     for name in FMNIST_PRESETS:
         cfg = preset_config(name)
         assert cfg.data == "fashion_mnist" and cfg.model.startswith("resnet")
-        assert cfg.eval_test_from == 0.9 and cfg.num_students == 2 and cfg.augment == ("flip",)
+        assert cfg.eval_test_from == 0.9 and cfg.augment == ("flip",)
+        # The validation grid trains one network per run; the study presets a group of two.
+        assert cfg.num_students == (1 if name == "fmnist-grid" else 2)
     assert preset_config("fmnist").method == "okdph"
     # Existing presets keep today's schedule: the test split every epoch.
     assert preset_config("mnist1d").eval_test_from == 0 and preset_config("demo").evaluates_test(1)
@@ -331,7 +333,9 @@ def test_fmnist_presets_exist_and_use_the_cheaper_test_schedule():
 def test_every_fmnist_preset_trains_every_method_for_two_batches(tmp_path, fake_root, preset):
     fast = ["epochs=1", "data.train_subset=64", "batch_size=32", f"data.root={fake_root}"]
     for method in list_methods():
-        cfg = apply_overrides(preset_config(preset), [f"method={method}", *fast])
+        # A group method on the one-network grid preset gets the group it needs.
+        group = ["num_students=2"] if method != "independent" else []
+        cfg = apply_overrides(preset_config(preset), [f"method={method}", *fast, *group])
         run, metrics = trainer.train(cfg, tmp_path / method, progress=False, max_batches=2)
         info = run.read_info()
         assert info["method"]["name"] == method and info["status"] == "complete", method

@@ -9,7 +9,7 @@ import pytest
 
 from okdph.cli import main
 from okdph.config import TrainConfig
-from okdph.methods import method_options
+from okdph.methods import list_methods, method_options
 
 FAST = ["epochs=1", "data.train_subset=64", "model.width=4", "batch_size=32"]
 
@@ -82,6 +82,21 @@ def test_okdph_with_one_student_is_refused(tmp_path, capsys):
     assert main([*argv, "--set", *FAST, "method=okdph", "num_students=1"]) == 2
     assert "okdph needs num_students >= 2" in _error_line(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method", list_methods(plugins=False))
+def test_every_method_with_one_network_trains_or_says_why(method, tmp_path, capsys):
+    """One network per run (the validation grid's setting): a method either trains it (DML's
+    distillation term is then zero, logged as a number) or refuses in one sentence."""
+    out = tmp_path / "run"
+    argv = ["train", "--dry-run", "--no-progress", "--out", str(out)]
+    code = main([*argv, "--set", *FAST, f"method={method}", "num_students=1"])
+    if code == 0:
+        capsys.readouterr()
+        last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        assert all(isinstance(v, (int, float)) for v in last.values())
+    else:
+        assert code == 2 and "num_students" in _error_line(capsys) and not out.exists()
 
 
 # ---- a reader that goes away ---------------------------------------------------------------------
