@@ -52,6 +52,10 @@ class HtmlBlock:
     def to_html(self, **_: Any) -> str:
         return self.markup
 
+    def _repr_html_(self) -> str:
+        """Shown as HTML where a notebook displays it (``display(block)``)."""
+        return self.markup
+
 
 def format_cell(value: Any) -> str:
     """A table cell's text: floats to 4 significant digits, missing or non-finite as an en dash,

@@ -245,3 +245,11 @@ def test_verdicts_and_caveats_are_html_lists(tmp_path):
     # three Plotly tables).
     assert page.count('class="plotly-graph-div"') == 2
     assert json.loads((tmp_path / "compare.json").read_text())["correlation_note"]
+
+
+def test_html_blocks_show_in_a_notebook():
+    """A section's tables are HtmlBlocks among Plotly figures: a notebook displays both."""
+    from landscape.report.html import HtmlTable
+
+    table = HtmlTable(["member", "test_acc"], [["student_0", 0.96]])
+    assert table._repr_html_() == table.to_html() and "student_0" in table._repr_html_()
