@@ -208,6 +208,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="bootstrap resamples of configurations for tau's interval (default %(default)s)",
     )
     v.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    v.add_argument(
+        "--declare",
+        type=Path,
+        metavar="FILE",
+        help="also write the declaration of the study that follows (for `okdph sweep "
+        "--declare`): the validated measures as its primary family, the analyses they need, "
+        "and validate.json's sha256",
+    )
+    v.add_argument(
+        "--baselines",
+        default="independent,dml",
+        help="methods the declared primary contrasts are against (default %(default)s)",
+    )
+    v.add_argument(
+        "--max-contrasts",
+        type=int,
+        default=6,
+        help="size of the declared primary family (default %(default)s: Holm at 8 seeds)",
+    )
     v.add_argument("--formats", default="html,json", help="html,json,png,svg,pdf")
     v.add_argument("--self-contained", action="store_true", help="inline plotly.js in the report")
     v.set_defaults(handler=cmd_validate)
@@ -406,7 +425,8 @@ def _refuse_another_comparison(out: Path, result: dict) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from landscape.study.validate_outputs import validate_study, write_validate
+    from landscape.core.io import atomic_write_bytes
+    from landscape.study.validate_outputs import declaration, validate_study, write_validate
 
     result = validate_study(
         args.study,
@@ -416,8 +436,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     out = args.out or args.study / "validate"
     formats = tuple(f for f in args.formats.split(",") if f)
+    if args.declare and "json" not in formats:
+        formats += ("json",)  # the declaration cites validate.json by its digest
     _, note = write_validate(result, out, formats, args.self_contained)
     print(result["paragraph"])
+    if args.declare:
+        baselines = [b for b in args.baselines.split(",") if b]
+        declared = declaration(result, out / "validate.json", baselines, args.max_contrasts)
+        args.declare.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(args.declare, (json.dumps(declared, indent=2) + "\n").encode())
+        primary = ", ".join(declared["primary"]["measures"]) or "none (no measure validated)"
+        print(f"declared in {args.declare}: primary {primary}; analyses {declared['analyses']}")
     if note:
         print(f"note: {note}", file=sys.stderr)
     print(f"results: {out}")

@@ -1,9 +1,11 @@
 """What ``landscape validate`` reads and writes: the study's analysed runs in, validate.json, a
-tidy validate.csv and an offline validate.html out (the statistics: :mod:`.validate`)."""
+tidy validate.csv and an offline validate.html out (the statistics: :mod:`.validate`), and with
+``--declare`` the declaration of the study that follows."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import io
 import json
@@ -18,6 +20,7 @@ from plotly.subplots import make_subplots
 from landscape.core.errors import LandscapeError
 from landscape.core.io import atomic_write_bytes
 from landscape.core.records import json_safe
+from landscape.measures.registry import measures
 from landscape.report.figures import PALETTE
 from landscape.report.html import HtmlBlock, export_static, write_report
 from landscape.study import validate as v
@@ -64,6 +67,61 @@ def validate_study(
         **result,
         "settings": records[0].settings,
         "definitions": records[0].definitions,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the declaration of a study that follows (okdph sweep --declare)
+
+#: The primary family's size limit: at 8 seeds the smallest two-sided sign-flip p is 2/256, so
+#: Holm over more than 6 contrasts could never reach 0.05.
+MAX_PRIMARY_CONTRASTS = 6
+
+
+def declaration(
+    result: Mapping[str, Any],
+    validate_json: Path,
+    baselines: Sequence[str],
+    max_contrasts: int = MAX_PRIMARY_CONTRASTS,
+    always: Sequence[str] = ("lambda_max",),
+) -> dict[str, Any]:
+    """What a study that follows this validation declares before it trains (``okdph sweep
+    --declare``): as primary measures, the validated ones in the validation's ranking, as many as
+    fit ``max_contrasts`` contrasts against ``baselines`` (baselines of the fit analysis, such as
+    the weight norm, are never primary: they are not flatness); the analyses that compute them
+    and those in ``always`` (lambda_max, for continuity); and the provenance: the sha256 of
+    ``validate_json``, so the declaration names the exact output it came from."""
+    if not baselines:
+        raise LandscapeError("--baselines names no method to contrast the reference with")
+    validated = [
+        m
+        for m in result["ranking"]
+        if result["verdicts"][m]["validates"] and not result["measures"][m]["baseline"]
+    ]
+    room = max(0, max_contrasts // len(baselines))
+    primary = validated[:room]
+    owners = {f.name: m.name for m in measures().values() for f in m.fields}
+    needed = ["fit"] + [owners[name] for name in (*primary, *always) if name in owners]
+    analyses = [m for m in measures() if m in needed]  # registry order, each once
+    digest = hashlib.sha256(validate_json.read_bytes()).hexdigest()
+    left_out = validated[room:]
+    rule = (
+        f"the measures that validated against {result['criterion']['target']} "
+        f"({result['criterion']['text']}), in the validation's ranking, as many as fit "
+        f"{max_contrasts} primary contrasts against {len(baselines)} baseline(s)"
+    )
+    return {
+        "primary": {"measures": primary, "baselines": list(baselines)},
+        "analyses": ",".join(analyses),
+        "provenance": {
+            "validation": str(validate_json),
+            "sha256": digest,
+            "study": result.get("study"),
+            "rule": rule,
+            "validated": validated,
+            "left_out_for_size": left_out,
+            "none_validated": not validated,
+        },
     }
 
 

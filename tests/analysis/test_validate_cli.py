@@ -130,3 +130,51 @@ def test_validate_refuses_a_run_directory(study, capsys):
     run = next(p for p in study.iterdir() if p.is_dir() and p.name.startswith("independent"))
     assert landscape(["validate", str(run)]) == 2
     assert "is not a study directory" in capsys.readouterr().err
+
+
+def test_validate_declares_the_study_that_follows(study, tmp_path, capsys):
+    """--declare writes what `okdph sweep --declare` reads: the validated flatness measures as
+    the primary family within the contrast budget, the analyses they need and lambda_max's,
+    and the sha256 of the validate.json it came from."""
+    import hashlib
+
+    from okdph.sweep import read_declaration
+
+    file = tmp_path / "studies" / "grid.json"
+    argv = ["validate", str(study), "--out", str(tmp_path / "v"), "--formats", "html"]
+    assert landscape([*argv, "--declare", str(file), "--bootstrap", "200"]) == 0
+    assert f"declared in {file}" in capsys.readouterr().out
+    declared = read_declaration(file)  # what the sweep accepts
+    result = json.loads((tmp_path / "v" / "validate.json").read_text())
+    provenance = declared["provenance"]
+    digest = hashlib.sha256((tmp_path / "v" / "validate.json").read_bytes()).hexdigest()
+    assert provenance["sha256"] == digest
+    validated = [m for m in result["ranking"] if result["verdicts"][m]["validates"]]
+    assert declared["primary"]["measures"] == [m for m in validated if m == "lambda_max"][:3]
+    assert declared["primary"]["baselines"] == ["independent", "dml"]
+    assert declared["analyses"].split(",") == ["fit", "eigen"]
+
+
+def test_the_declared_family_fits_the_contrast_budget():
+    from pathlib import Path
+
+    from landscape.study.validate_outputs import declaration
+
+    names = ["trace", "lambda_max", "weight_norm", "sharpness_worst", "relative_flatness"]
+    result = {
+        "ranking": names,
+        "verdicts": {n: {"validates": n != "relative_flatness"} for n in names},
+        "measures": {n: {"baseline": n == "weight_norm"} for n in names},
+        "criterion": {"target": "gap_accuracy", "text": "Psi >= 0.2"},
+    }
+    file = Path(__file__)  # any file: its digest is recorded
+    three = declaration(result, file, ["independent", "dml"], max_contrasts=6)
+    assert three["primary"]["measures"] == ["trace", "lambda_max", "sharpness_worst"]
+    assert three["analyses"] == "fit,eigen,trace,sharpness"
+    two = declaration(result, file, ["independent", "dml", "kdcl"], max_contrasts=6)
+    assert two["primary"]["measures"] == ["trace", "lambda_max"]
+    assert two["provenance"]["left_out_for_size"] == ["sharpness_worst"]
+    result["verdicts"] = {n: {"validates": False} for n in names}
+    none = declaration(result, file, ["independent"])
+    assert none["primary"]["measures"] == [] and none["provenance"]["none_validated"]
+    assert none["analyses"] == "fit,eigen"  # lambda_max, for continuity
