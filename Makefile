@@ -78,7 +78,8 @@ study-controls: $(CORE_STAMP)
 	$(call fmnist_study,$(STUDY_CONTROLS),$(STUDY_CONTROL_METHODS))
 
 ## Which measures predict the generalisation gap on Fashion-MNIST: one ResNet-8 per run over a
-## 2^4 grid (lr, batch size, weight decay, augmentation) x 2 seeds, every measure, validated.
+## 2^4 grid (lr, batch size, weight decay, augmentation) x 2 seeds, every measure, validated;
+## writes the declaration of `make study` ($(STUDY_DECLARATION)) by the rule of --declare.
 ## Resumable: a rerun skips finished runs and pieces. The measures are taken on 256 of the 1,000
 ## training images (every measure of a member: ~2.5 min on 2 cores; at 512, ~5 min, which would
 ## put the recipe past its 2-hour budget); the study analyses on the same 256.
@@ -91,7 +92,7 @@ validate: $(CORE_STAMP)
 		--out $(VALIDATE) --no-progress
 	$(BIN)/landscape analyze $(VALIDATE) --analyses $(VALIDATE_ANALYSES) --k 1 \
 		--samples $(FMNIST_SAMPLES) --no-progress
-	$(BIN)/landscape validate $(VALIDATE)
+	$(BIN)/landscape validate $(VALIDATE) --declare $(STUDY_DECLARATION)
 
 ## Students initialised independently: their barriers before and after weight matching
 ## (Entezari et al.'s conjecture on our methods), and every run's path on one PCA plane.
