@@ -148,6 +148,11 @@ def compare_runs(
     correlation_note = _why_no_correlation(runs, means, max_train_error, correlations)
     tracking = tracking_bands(runs)
     caveats = _caveats(methods, runs)
+    if "primary" in study and not primary_measures:
+        caveats.append(
+            "the declared primary family is empty (no flatness measure validated on this "
+            "problem): every contrast is exploratory, and none is a confirmatory finding"
+        )
     return {
         "reference": reference,
         "methods": {m: {k: dict(v) for k, v in table[m].items()} for m in methods},

@@ -142,3 +142,12 @@ def test_compare_reports_accuracy_as_the_reference_code_does(study, capsys):
     assert reported["selection"]["mean"] >= 0 and reported["epochs_tested"] == [0, 1, 2]
     page = (study / "compare" / "compare.html").read_text()
     assert "Accuracy as the reference code reports it" in page and "epochs tested" in page
+
+
+def test_an_empty_declared_primary_family_makes_every_contrast_exploratory(study):
+    from landscape.study.compare import compare_runs, load_runs
+
+    declared, runs = load_runs([study])
+    result = compare_runs(runs, study={**declared, "primary": {"measures": []}})
+    assert result["contrasts"] and all(c["family"] == "exploratory" for c in result["contrasts"])
+    assert any("primary family is empty" in c for c in result["caveats"])
