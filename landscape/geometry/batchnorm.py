@@ -124,13 +124,14 @@ class FoldPlan:
     """A traced copy of a model with BatchNorm layers merged into the layers before them.
 
     Attributes:
-        module: the traced module without the folded BatchNorm layers; its folded layers carry a
-            bias even where the original had none.
+        module: a copy of the model without the folded BatchNorm layers (traced by ``torch.fx``,
+            or with the BatchNorm children of its ``nn.Sequential``s made identities); its folded
+            layers carry a bias even where the original had none.
         pairs: ``(layer, batchnorm, eps)`` module names for every fold.
         dropped: state names that the folded module no longer has.
     """
 
-    module: fx.GraphModule
+    module: nn.Module
     pairs: tuple[tuple[str, str, float], ...]
     dropped: frozenset[str]
 
@@ -138,13 +139,16 @@ class FoldPlan:
 def fold_plan(model: nn.Module) -> FoldPlan | None:
     """Plan the eval-mode folding of ``conv -> batchnorm`` pairs, or ``None`` if there is none.
 
-    Uses ``torch.fx`` tracing; a model that cannot be traced (Python control flow on tensors)
-    or has no foldable pair gives ``None`` and is evaluated unfolded.
+    Uses ``torch.fx`` tracing, which finds pairs wherever they are called. A model that cannot be
+    traced (Python control flow on its inputs, such as a reshape chosen by ``x.dim()``) is folded
+    where the pairs are adjacent children of an ``nn.Sequential``, whose forward applies them
+    in order. Callers check the folded module against the plain one (it is a speed-up, so any
+    doubt means: do not fold); ``None`` when no pair is found.
     """
     try:
         traced = fx.symbolic_trace(copy.deepcopy(model))
-    except Exception:  # noqa: BLE001  (any tracing failure means: do not fold)
-        return None
+    except Exception:  # noqa: BLE001  (any tracing failure: fall back to Sequential children)
+        return _sequential_plan(model)
     mods = dict(traced.named_modules())
     pairs: list[tuple[str, str, float]] = []
     dropped: set[str] = set()
@@ -157,24 +161,71 @@ def fold_plan(model: nn.Module) -> FoldPlan | None:
         if prev.op != "call_module" or len(prev.users) != 1:
             continue
         assert isinstance(prev.target, str)  # a call_module node's target is the module's name
-        layer = mods[prev.target]
-        if type(layer) not in _PAIRS or type(bn) is not _PAIRS[type(layer)]:
+        if not _foldable(mods[prev.target], bn):
             continue
-        if not bn.track_running_stats or bn.running_mean is None:
-            continue
-        if layer.bias is None:
-            out_features = layer.weight.shape[0]
-            layer.bias = nn.Parameter(torch.zeros(out_features, dtype=layer.weight.dtype))
         node.replace_all_uses_with(prev)
         traced.graph.erase_node(node)
-        pairs.append((prev.target, node.target, float(bn.eps)))
-        dropped.update(_prefix(node.target) + k for k, _ in bn.state_dict().items())
+        pairs.append(_fold_pair(mods[prev.target], prev.target, bn, node.target, dropped))
     if not pairs:
         return None
     traced.graph.lint()
     traced.recompile()
     traced.delete_all_unused_submodules()
     return FoldPlan(traced.eval(), tuple(pairs), frozenset(dropped))
+
+
+def fold_agrees(plan: FoldPlan, model: nn.Module, state: State, x: Tensor) -> bool:
+    """Whether the folded network reproduces ``model`` (eval mode) at ``state`` on inputs ``x``
+    (to float tolerances): the guard every caller of :func:`fold_plan` applies."""
+    with torch.no_grad():
+        plain = functional_call(model, state, (x,))
+        folded = functional_call(plan.module, fold_state(plan, state), (x,))
+    scale = float(plain.abs().max()) + 1e-6
+    return bool(torch.allclose(plain, folded, rtol=1e-3, atol=1e-4 * scale))
+
+
+def _foldable(layer: nn.Module, bn: nn.Module) -> bool:
+    return (
+        type(layer) in _PAIRS
+        and type(bn) is _PAIRS[type(layer)]
+        and isinstance(bn, _BatchNorm)
+        and bn.track_running_stats
+        and bn.running_mean is not None
+    )
+
+
+def _fold_pair(
+    layer: nn.Module, layer_name: str, bn: nn.Module, bn_name: str, dropped: set[str]
+) -> tuple[str, str, float]:
+    """Give ``layer`` a bias (the fold needs one) and note the BatchNorm's state as dropped."""
+    if getattr(layer, "bias", None) is None:
+        weight = layer.weight
+        assert isinstance(weight, Tensor)  # conv and linear layers have a weight tensor
+        layer.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype))
+    dropped.update(_prefix(bn_name) + k for k in bn.state_dict())
+    assert isinstance(bn, _BatchNorm)
+    return layer_name, bn_name, float(bn.eps)
+
+
+def _sequential_plan(model: nn.Module) -> FoldPlan | None:
+    """Fold ``layer, batchnorm`` pairs that are adjacent children of a plain ``nn.Sequential``
+    (the BatchNorm becomes an ``nn.Identity`` in a copy of the model)."""
+    folded = copy.deepcopy(model)
+    pairs: list[tuple[str, str, float]] = []
+    dropped: set[str] = set()
+    for name, seq in folded.named_modules():
+        if type(seq) is not nn.Sequential:  # a subclass may reorder its children
+            continue
+        children = list(seq.named_children())
+        for (layer_key, layer), (bn_key, bn) in zip(children, children[1:], strict=False):
+            if not _foldable(layer, bn):
+                continue
+            layer_name, bn_name = _prefix(name) + layer_key, _prefix(name) + bn_key
+            pairs.append(_fold_pair(layer, layer_name, bn, bn_name, dropped))
+            setattr(seq, bn_key, nn.Identity())
+    if not pairs:
+        return None
+    return FoldPlan(folded.eval(), tuple(pairs), frozenset(dropped))
 
 
 def fold_state(plan: FoldPlan, state: State) -> State:

@@ -25,6 +25,7 @@ average case only.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -166,7 +167,8 @@ def sharpness(
             points of the ball; the first at the centre).
         distribution: average case: ``"gaussian"`` or ``"sphere"`` (module docstring).
         rtol, min_pairs, max_pairs: average case: draw antithetic pairs (``min_pairs`` first,
-            then doubling) until ``stderr <= rtol * |value|`` or ``max_pairs`` are drawn.
+            then rounds sized by the relative error so far, 1.25x to 2x the pairs before) until
+            ``stderr <= rtol * |value|`` or ``max_pairs`` are drawn.
         seed: seed of the random draws and restarts.
         bn: BatchNorm at perturbed points: ``"keep"`` (the centre's statistics, eval mode) or,
             average case only, ``"recalibrate"`` (recomputed at every point).
@@ -357,6 +359,14 @@ def _radius(u: State, kind: str) -> float:
     return max((float(t.abs().max()) for t in u.values() if t.numel()), default=0.0)
 
 
+def _next_round(n: int, rel_stderr: float, rtol: float, max_pairs: int) -> int:
+    """Pairs to have after the next round: as many as the current relative standard error says
+    reach ``rtol`` (it falls as ``1 / sqrt(n)``), with a 10% margin for the noise of that
+    estimate, growing by at least a quarter (so the looks stay few) and at most doubling."""
+    wanted = math.ceil(1.1 * n * (rel_stderr / rtol) ** 2) if math.isfinite(rel_stderr) else 2 * n
+    return min(max_pairs, max(math.ceil(1.25 * n), min(2 * n, wanted)))
+
+
 def _average(
     ev: Evaluator,
     center: State,
@@ -372,7 +382,8 @@ def _average(
     clean_loss: float,
     show_progress: bool,
 ) -> dict[str, Any]:
-    """Antithetic pairs, in rounds of doubling size, until the relative stderr is below rtol."""
+    """Antithetic pairs, in rounds sized by :func:`_next_round`, until the relative stderr is
+    below rtol."""
     max_pairs = max(max_pairs, min_pairs)
     # One seed per pair: draws are built lazily (memory stays a few models), the same whichever
     # worker thread builds them and however many rounds are drawn.
@@ -403,7 +414,7 @@ def _average(
             stderr = float(increase.std(ddof=1) / np.sqrt(len(increase)))
             if stderr <= rtol * abs(value) or n >= max_pairs:
                 break
-            n = min(2 * n, max_pairs)
+            n = _next_round(n, stderr / max(abs(value), 1e-300), rtol, max_pairs)
             bar.total = 2 * n
             bar.refresh()
     finally:

@@ -23,14 +23,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from landscape.geometry.batchnorm import batchnorm_layers, fold_plan, fold_state
+from landscape.geometry.batchnorm import batchnorm_layers, fold_agrees, fold_plan, fold_state
 from landscape.measures.base import Field, Measure, MeasureContext, Target, require
 from landscape.measures.common import bn_label
 from landscape.measures.eigen import CURVATURE
 
 DEFINITION = (
-    "pacbayes/1: magnitude-aware PAC-Bayes flatness (Jiang et al. 2020) on the training subset, "
-    "BatchNorm folded: the largest alpha in [0, alpha_max] whose noise N(0, alpha^2 w^2 + eps^2) "
+    "pacbayes/2: magnitude-aware PAC-Bayes flatness (Jiang et al. 2020) on the training subset, "
+    "BatchNorm folded (also in models torch.fx cannot trace, where conv-BN pairs are adjacent "
+    "in an nn.Sequential; /1 left those unfolded): the largest alpha in [0, alpha_max] whose noise N(0, alpha^2 w^2 + eps^2) "
     "(eps 1e-3) lowers the expected accuracy by target (tolerance tol), by bisection with common "
     "random numbers; the measure is 1 / alpha^2"
 )
@@ -87,6 +88,8 @@ def pac_bayes_alpha(
     module docstring); ``model`` is not modified."""
     plan = fold_plan(model) if batchnorm_layers(model) else None
     state = {k: v.detach() for k, v in model.state_dict().items()}
+    if plan is not None and not fold_agrees(plan, model, state, data[0][0][:8]):
+        plan = None
     net = plan.module if plan is not None else model
     if plan is not None:
         state = fold_state(plan, state)

@@ -9,9 +9,11 @@ from torch import nn
 
 from landscape.core.errors import LandscapeError
 from landscape.geometry.batchnorm import (
+    _sequential_plan,
     axes_for_policy,
     batchnorm_layers,
     check_policy,
+    fold_agrees,
     fold_plan,
     fold_state,
     recalibrate,
@@ -117,8 +119,7 @@ def test_folded_network_equals_the_eval_mode_network(affine):
         assert torch.allclose(got, ref(x), rtol=1e-12, atol=1e-12)
 
 
-def test_fold_skips_untraceable_models_and_linear_bn_is_folded():
-    assert fold_plan(create("cnn_digits")) is None  # Python control flow in forward
+def test_linear_bn_is_folded():
     mlp = randomize_bn(create("mlp", input_dim=5, hidden=(6,), bn=True), 0).double().eval()
     plan = fold_plan(mlp)
     assert plan is not None and plan.pairs[0][:2] == ("body.1", "body.2")
@@ -126,6 +127,46 @@ def test_fold_skips_untraceable_models_and_linear_bn_is_folded():
     with torch.no_grad():
         got = torch.func.functional_call(plan.module, fold_state(plan, as_state(mlp)), (x,))
         assert torch.allclose(got, mlp(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("cnn_digits", (5, 1, 8, 8)), ("cnn1d", (5, 40))])
+def test_untraceable_models_are_folded_through_their_sequential_children(name, shape):
+    # Both pick the input's layout with Python control flow on x.dim(), which torch.fx cannot
+    # trace; their conv-BN pairs sit side by side in an nn.Sequential.
+    model = randomize_bn(create(name), 1).double().eval()
+    with pytest.raises(Exception):  # noqa: B017  (the precondition: tracing fails)
+        torch.fx.symbolic_trace(model)
+    plan = fold_plan(model)
+    assert plan is not None
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv1d | nn.Conv2d)]
+    assert [p[0] for p in plan.pairs] == convs and len(convs) == 3
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in plan.module.modules())
+    assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    x = torch.randn(*shape, dtype=torch.float64)
+    state = as_state(model)
+    with torch.no_grad():
+        got = torch.func.functional_call(plan.module, fold_state(plan, state), (x,))
+        assert torch.allclose(got, model(x), rtol=1e-12, atol=1e-12)
+    assert fold_agrees(plan, model, state, x)
+
+
+class _Reordered(nn.Sequential):
+    def forward(self, x):
+        return self[1](self[0](x).flip(1))  # a subclass may apply its children in any order
+
+
+def test_sequential_subclasses_are_not_folded_and_a_wrong_fold_is_caught():
+    assert fold_plan(_Reordered(nn.Conv1d(2, 3, 1), nn.BatchNorm1d(3))) is None  # traced
+    wrapper = nn.ModuleDict({"seq": _Reordered(nn.Conv1d(2, 3, 1), nn.BatchNorm1d(3))})
+    assert _sequential_plan(wrapper) is None
+    # Linear then BatchNorm1d on (batch, channels, length) inputs normalise different axes, so
+    # folding them is wrong; the guard sees it.
+    odd = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    odd = randomize_bn(odd, 2).double().eval()
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    plan = fold_plan(odd)
+    assert plan is not None
+    assert not fold_agrees(plan, odd, as_state(odd), x)
 
 
 def test_policies_decide_which_direction_components_move():
