@@ -10,7 +10,7 @@ from torch import nn
 
 from landscape.core.errors import LandscapeError
 from landscape.geometry.ascent import auto_pgd, checkpoints
-from landscape.geometry.sharpness import NormalizedLogits, sharpness
+from landscape.geometry.sharpness import NormalizedLogits, _next_round, sharpness
 
 
 class Quadratic(nn.Module):
@@ -323,3 +323,12 @@ def test_auto_pgd_halves_its_step_and_never_leaves_the_ball():
     assert -1e-3 < trace.best <= 0.0
     assert np.linalg.norm(trace.best_point["x"].numpy()) <= 1.0 + 1e-12
     assert trace.n_evaluations == 101
+
+
+def test_average_case_rounds_grow_by_a_quarter_to_double_towards_the_planned_size():
+    # Relative error 0.06 at 64 pairs: 1.1 * 64 * (0.06 / 0.05)^2 = 101.4 -> 102 pairs.
+    assert _next_round(64, 0.06, 0.05, 512) == 102
+    assert _next_round(64, 0.051, 0.05, 512) == 80  # at least a quarter more
+    assert _next_round(64, 0.5, 0.05, 512) == 128  # at most double
+    assert _next_round(400, 0.5, 0.05, 512) == 512  # never past the cap
+    assert _next_round(16, float("inf"), 0.05, 512) == 32  # a zero mean so far: double
