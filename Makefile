@@ -49,7 +49,8 @@ study-quick: $(CORE_STAMP)
 ## readings) x 8 seeds, two ResNet-8s (8/16/32, the validated network) per run, matched protocol.
 ## What it tests (primary measures, analyses) is declared in $(STUDY_DECLARATION), written from
 ## `make validate`'s output before the study runs; the students are measured with the declared
-## analyses, the hybrid by interp. `make study-controls`: SAM against independent, alike.
+## analyses, the hybrid by interp. `make study-controls`: SAM against independent, alike; the
+## independent runs `make study` finished are copied from it (--share-from), not trained again.
 STUDY ?= runs/study-fmnist
 STUDY_CONTROLS ?= runs/study-fmnist-controls
 STUDY_DECLARATION ?= studies/fmnist.json
@@ -58,13 +59,14 @@ STUDY_FMNIST_SET ?= model.widths=8,16,32
 STUDY_CONTROL_METHODS ?= independent,sam
 DECLARED = $(BIN)/python -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])"
 
-# $(call fmnist_study,OUT,METHODS): train, analyse (students, then the hybrid by interp), compare.
+# $(call fmnist_study,OUT,METHODS[,SWEEP FLAGS]): train, analyse (students, then the hybrid by
+# interp), compare.
 define fmnist_study
 	@test -f $(STUDY_DECLARATION) || { echo "make $@: $(STUDY_DECLARATION) is missing: run \
 	make validate, then declare the validated measures there (docs/results/fashion-mnist.md)"; \
 	exit 2; }
 	$(BIN)/okdph sweep --preset fmnist --set $(STUDY_FMNIST_SET) --methods $(2) \
-		--seeds $(STUDY_SEEDS) --declare $(STUDY_DECLARATION) --out $(1) --no-progress
+		--seeds $(STUDY_SEEDS) --declare $(STUDY_DECLARATION) --out $(1) --no-progress $(3)
 	$(BIN)/landscape analyze $(1) --analyses $$($(DECLARED) $(STUDY_DECLARATION) analyses) \
 		--k 1 --samples $(FMNIST_SAMPLES) --members student_0,student_1 --no-progress
 	$(BIN)/landscape analyze $(1) --analyses interp --samples $(FMNIST_SAMPLES) --no-progress
@@ -75,7 +77,7 @@ study: $(CORE_STAMP)
 	$(call fmnist_study,$(STUDY),$(STUDY_METHODS))
 
 study-controls: $(CORE_STAMP)
-	$(call fmnist_study,$(STUDY_CONTROLS),$(STUDY_CONTROL_METHODS))
+	$(call fmnist_study,$(STUDY_CONTROLS),$(STUDY_CONTROL_METHODS),$(if $(wildcard $(STUDY)/study.json),--share-from $(STUDY)))
 
 ## Which measures predict the generalisation gap on Fashion-MNIST: one ResNet-8 per run over a
 ## 2^4 grid (lr, batch size, weight decay, augmentation) x 2 seeds, every measure, validated;

@@ -135,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
         "provenance), written into study.json when the study starts",
     )
     sw.add_argument(
+        "--share-from",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="STUDY",
+        help="copy runs that STUDY finished with the same configuration (analyses included) "
+        "instead of training them again, e.g. a control arm both studies need; repeatable",
+    )
+    sw.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -278,6 +287,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             launcher=args.launcher,
             slurm=parse_slurm(args.slurm),
             progress=not args.no_progress,
+            share_from=args.share_from,
         )
     except KeyboardInterrupt:
         print(

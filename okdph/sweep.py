@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -218,9 +219,13 @@ def sweep(
     launcher: str = "processes",
     slurm: dict[str, Any] | None = None,
     progress: bool = True,
+    share_from: Sequence[Path] = (),
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict[str, str]:
     """Train every unfinished run of ``study`` into ``out``; returns ``{run: outcome}``.
+
+    Runs that another study in ``share_from`` finished with the same configuration are copied
+    from it first (:func:`share_runs`), so two studies can share an arm without training it twice.
 
     ``workers > 1`` trains that many runs at once as ``okdph train`` subprocesses, each on a CUDA
     device no other worker holds when there are several, else all on the default device.
@@ -229,6 +234,9 @@ def sweep(
     :class:`okdph.jobs.TrainJob`.
     """
     runs = open_study(out, study)
+    for source in share_from:
+        for name in share_runs(study, runs, out, source):
+            log(f"sweep: {name} shared from {source} (finished there, same configuration)")
     states = {r.name: run_state(out / r.name) for r in runs}
     todo = [r for r in runs if states[r.name] != "done"]
     outcomes = {r.name: "skipped (done)" for r in runs if states[r.name] == "done"}
@@ -296,6 +304,36 @@ def sweep(
                 done, run, "trained" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
             )
     return outcomes
+
+
+def share_runs(study: Study, runs: Sequence[PlannedRun], out: Path, source: Path) -> list[str]:
+    """Copy into ``out`` every run of ``runs`` not yet there that ``source`` (another study's
+    directory) holds finished with exactly the configuration this study plans for it, analyses
+    included; returns the names copied. A run whose configuration differs is left to train.
+
+    The copy goes to a temporary name first and is renamed into place, so an interrupted copy
+    never looks like a run.
+    """
+    if not source.is_dir():
+        raise ConfigError(f"--share-from {source}: no such study directory")
+    shared = []
+    for run in runs:
+        here, there = out / run.name, source / run.name
+        if here.exists() or run_state(there) != "done":
+            continue
+        planned = json.loads(json.dumps(study.config(run).to_dict()))
+        try:
+            stored = json.loads((there / "run.json").read_text()).get("config")
+        except (OSError, ValueError):
+            continue
+        if stored != planned:
+            continue
+        partial = out / f".{run.name}.sharing"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(there, partial)
+        os.replace(partial, here)
+        shared.append(run.name)
+    return shared
 
 
 def _devices() -> list[str]:
