@@ -121,7 +121,7 @@ _PAIRS = {
 
 @dataclasses.dataclass(frozen=True)
 class FoldPlan:
-    """A traced copy of a model with BatchNorm layers merged into the layers before them.
+    """A copy of a model with BatchNorm layers merged into the layers before them.
 
     Attributes:
         module: a copy of the model without the folded BatchNorm layers (traced by ``torch.fx``,
@@ -198,12 +198,12 @@ def _fold_pair(
     layer: nn.Module, layer_name: str, bn: nn.Module, bn_name: str, dropped: set[str]
 ) -> tuple[str, str, float]:
     """Give ``layer`` a bias (the fold needs one) and note the BatchNorm's state as dropped."""
+    assert isinstance(bn, _BatchNorm)  # _foldable said so
     if getattr(layer, "bias", None) is None:
         weight = layer.weight
         assert isinstance(weight, Tensor)  # conv and linear layers have a weight tensor
         layer.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype))
     dropped.update(_prefix(bn_name) + k for k in bn.state_dict())
-    assert isinstance(bn, _BatchNorm)
     return layer_name, bn_name, float(bn.eps)
 
 
