@@ -69,7 +69,7 @@ define fmnist_study
 		--seeds $(STUDY_SEEDS) --declare $(STUDY_DECLARATION) --out $(1) --no-progress $(3)
 	$(BIN)/landscape analyze $(1) --analyses $$($(DECLARED) $(STUDY_DECLARATION) analyses) \
 		--k 1 --samples $(FMNIST_SAMPLES) --members student_0,student_1 --no-progress
-	$(BIN)/landscape analyze $(1) --analyses interp --samples $(FMNIST_SAMPLES) --no-progress
+	$(BIN)/landscape analyze $(1) --analyses interp --k 1 --samples $(FMNIST_SAMPLES) --no-progress
 	$(BIN)/landscape compare $(1)
 endef
 
