@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +253,20 @@ class AnalysisOutcome:
     report: Path | None
     computed: int
     export_message: str | None
+    #: stored pieces computed under other settings, so not in this summary (see ``left_out_note``)
+    left_out: tuple[str, ...] = ()
+
+    def left_out_note(self) -> str | None:
+        """One sentence on the stored results this summary leaves out, or ``None``."""
+        if not self.left_out:
+            return None
+        counts = Counter(PieceKey.parse(path).measure for path in self.left_out)
+        listed = ", ".join(f"{m} ({n})" for m, n in sorted(counts.items()))
+        return (
+            f"{len(self.left_out)} stored results were computed with other settings and are not "
+            f"in this summary or report: {listed}; analyse with the settings that made them "
+            "(e.g. the same --k and --samples) to show them beside these"
+        )
 
 
 def analyze_run(
@@ -341,17 +356,20 @@ def analyze_run(
         records, computed = run_pieces(ctx, items, store, show_progress and rank == 0)
         # The report shows every result the store holds for these settings, not only the
         # analyses asked for this time (a subset re-run must not hide earlier results).
+        left_out = []
         for item in planned:
             if item.path not in records:
                 held = store.get(item.path, item.fingerprint)
                 if held is not None:
                     records[item.path] = held
+                elif store.holds(item.path):
+                    left_out.append(item.path)
         files = {path: store.data_file(path) for path in records}
         summary = build_summary(run, settings.to_dict(), records, files, computed)
         report, message = (
             write_outputs(summary, out, formats, self_contained) if rank == 0 else (None, None)
         )
-    return AnalysisOutcome(summary, out, report, computed, message)
+    return AnalysisOutcome(summary, out, report, computed, message, tuple(left_out))
 
 
 @contextlib.contextmanager

@@ -86,6 +86,10 @@ class ResultsStore:
             return None
         return entry.get("record")
 
+    def holds(self, key: str) -> bool:
+        """Whether a finished record of ``key`` is stored, whatever its fingerprint."""
+        return self._entry(key) is not None
+
     def stored_definition(self, key: str) -> str | None:
         """The definition of the record stored under ``key`` whatever its fingerprint (``None``
         when there is none), to say why a stored piece is recomputed."""

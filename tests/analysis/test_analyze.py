@@ -357,7 +357,7 @@ def test_a_subset_rerun_keeps_stored_results_and_figures_match_the_report(tiny_r
     figures = tiny_run / "analysis" / "figures"
     assert list(figures.glob("spectrum_*.json"))
     subset = analyze_run(tiny_run, fast_settings(analyses=("interp",)), show_progress=False)
-    assert subset.computed == 0
+    assert subset.computed == 0 and subset.left_out_note() is None
     assert "epoch_0002/student_0/eigen" in subset.summary["records"]  # stored, still reported
     assert "Curvature at epoch 2" in subset.report.read_text()
     assert list(figures.glob("spectrum_*.json"))
@@ -366,6 +366,12 @@ def test_a_subset_rerun_keeps_stored_results_and_figures_match_the_report(tiny_r
     assert "epoch_0002/student_0/eigen" not in other.summary["records"]
     assert not list(figures.glob("spectrum_*.json"))
     assert list(figures.glob("interp_*.json"))
+    # ... and the user is told, in one sentence, what was left out and how to show it again.
+    assert set(other.left_out) == {
+        f"epoch_0002/{m}/eigen" for m in ("student_0", "student_1", "hybrid")
+    }
+    note = other.left_out_note()
+    assert note is not None and "eigen (3)" in note and "--k" in note and "\n" not in note
 
 
 def test_missing_cifar_data_speaks_landscape_flags(tiny_run, tmp_path, capsys):
