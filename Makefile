@@ -59,8 +59,8 @@ STUDY_FMNIST_SET ?= model.widths=8,16,32
 STUDY_CONTROL_METHODS ?= independent,sam
 DECLARED = $(BIN)/python -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])"
 
-# $(call fmnist_study,OUT,METHODS[,SWEEP FLAGS]): train, analyse (students, then the hybrid by
-# interp), compare.
+# $(call fmnist_study,OUT,METHODS[,SWEEP FLAGS[,COMPARE FLAGS]]): train, analyse (students, then
+# the hybrid by interp), compare.
 define fmnist_study
 	@test -f $(STUDY_DECLARATION) || { echo "make $@: $(STUDY_DECLARATION) is missing: run \
 	make validate, then declare the validated measures there (docs/results/fashion-mnist.md)"; \
@@ -70,14 +70,14 @@ define fmnist_study
 	$(BIN)/landscape analyze $(1) --analyses $$($(DECLARED) $(STUDY_DECLARATION) analyses) \
 		--k 1 --samples $(FMNIST_SAMPLES) --members student_0,student_1 --no-progress
 	$(BIN)/landscape analyze $(1) --analyses interp --k 1 --samples $(FMNIST_SAMPLES) --no-progress
-	$(BIN)/landscape compare $(1)
+	$(BIN)/landscape compare $(1) $(4)
 endef
 
 study: $(CORE_STAMP)
 	$(call fmnist_study,$(STUDY),$(STUDY_METHODS))
 
 study-controls: $(CORE_STAMP)
-	$(call fmnist_study,$(STUDY_CONTROLS),$(STUDY_CONTROL_METHODS),$(if $(wildcard $(STUDY)/study.json),--share-from $(STUDY)))
+	$(call fmnist_study,$(STUDY_CONTROLS),$(STUDY_CONTROL_METHODS),$(if $(wildcard $(STUDY)/study.json),--share-from $(STUDY)),--reference sam)
 
 ## Which measures predict the generalisation gap on Fashion-MNIST: one ResNet-8 per run over a
 ## 2^4 grid (lr, batch size, weight decay, augmentation) x 2 seeds, every measure, validated;
