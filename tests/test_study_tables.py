@@ -1,22 +1,12 @@
 """analyses/study_tables.py: markdown tables from a study's compare.json."""
 
-import importlib.util
 import json
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
+from analyses_scripts import load_analysis_script
 
 from landscape.study.stats import describe
-
-SCRIPT = Path(__file__).resolve().parents[1] / "analyses" / "study_tables.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("study_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_tables_show_means_intervals_and_the_selection(tmp_path, capsys):
@@ -40,7 +30,12 @@ def test_tables_show_means_intervals_and_the_selection(tmp_path, capsys):
     }
     (tmp_path / "compare").mkdir()
     (tmp_path / "compare" / "compare.json").write_text(json.dumps(result))
-    assert _load().main([str(tmp_path), "--measures", "test_acc,lambda_max"]) == 0
+    assert (
+        load_analysis_script("study_tables").main(
+            [str(tmp_path), "--measures", "test_acc,lambda_max"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     lo, hi = acc["ci_low"], acc["ci_high"]
     assert f"| dml | 0.82 [{lo:.3g}, {hi:.3g}] |  | 3 |" in out
@@ -51,7 +46,7 @@ def test_tables_show_means_intervals_and_the_selection(tmp_path, capsys):
 
 def test_a_study_without_compare_is_one_sentence(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        _load().main([str(tmp_path)])
+        load_analysis_script("study_tables").main([str(tmp_path)])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "run `landscape compare" in err
