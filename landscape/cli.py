@@ -558,8 +558,9 @@ def _analyze_one(args: argparse.Namespace) -> int:
         print("slowest: " + ", ".join(f"{path} {seconds:.1f} s" for path, seconds in slowest))
     if outcome.export_message:
         print(f"note: {outcome.export_message}", file=sys.stderr)
-    if outcome.left_out_note():
-        print(f"note: {outcome.left_out_note()}", file=sys.stderr)
+    left_out = outcome.left_out_note()
+    if left_out:
+        print(f"note: {left_out}", file=sys.stderr)
     print(f"results: {outcome.out}")
     if outcome.report:
         print(f"report: {outcome.report}")

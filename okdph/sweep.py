@@ -39,7 +39,7 @@ from okdph import jobs
 from okdph.config import ConfigError, TrainConfig, apply_overrides
 from okdph.jobs import TrainJob, run_state, submit_and_wait, train_or_resume
 from okdph.presets import preset_config
-from okdph.run import atomic_write_bytes, check_creatable
+from okdph.run import RunDir, atomic_write_bytes, check_creatable
 
 PROTOCOLS = ("matched", "reference")
 STUDY_VERSION = 1
@@ -322,11 +322,7 @@ def share_runs(study: Study, runs: Sequence[PlannedRun], out: Path, source: Path
         if here.exists() or run_state(there) != "done":
             continue
         planned = json.loads(json.dumps(study.config(run).to_dict()))
-        try:
-            stored = json.loads((there / "run.json").read_text()).get("config")
-        except (OSError, ValueError):
-            continue
-        if stored != planned:
+        if RunDir(there).read_info().get("config") != planned:  # "done": run.json was read
             continue
         partial = out / f".{run.name}.sharing"
         shutil.rmtree(partial, ignore_errors=True)
