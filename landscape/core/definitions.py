@@ -10,12 +10,13 @@ from __future__ import annotations
 
 DEFINITIONS: dict[str, str] = {
     "eigen": (
-        "eigen/4: Ritz values of thick-restart Lanczos on the dataset-loss Hessian; converged "
+        "eigen/5: Ritz values of thick-restart Lanczos on the dataset-loss Hessian; converged "
         "when the residual is below tol * s + the measured product error (Krylov-Weinstein), "
         "s = |value| (tol_scale value) or the largest Ritz magnitude (tol_scale spectrum); with "
         "certify_top, searches orthogonal to the returned vectors merge what they find, and for "
         "k = 1 the solve's own unrestarted Krylov space from a random start is the search "
-        "(Kuczynski-Wozniakowski, delta spread over the stopping step)"
+        "(Kuczynski-Wozniakowski, delta spread geometrically over the steps it may stop at, from the "
+        "first step whose bound matches a search_steps search)"
     ),
     "trace": (
         "trace/2: adaptive Hutch++ (Rademacher probes); the final stage's pilot plans the probe "

@@ -35,25 +35,55 @@ def kw_epsilon(n: int, steps: int, delta: float) -> float:
     return min(1.0, (math.log(1.648 * math.sqrt(n) / delta) / (2 * steps - 1)) ** 2)
 
 
-def kw_epsilon_any_step(n: int, steps: int, delta: float) -> float:
-    """:func:`kw_epsilon` for a Lanczos run whose length was chosen while it ran (it stopped on
-    convergence): ``delta`` is spread over the steps as ``6 delta / (pi^2 s^2)`` at step ``s``
-    (they sum to ``delta``), so by the union bound the bound holds at whatever step it stopped."""
-    return kw_epsilon(n, steps, 6 * delta / (math.pi**2 * max(steps, 1) ** 2))
+def _kw_epsilon_log(n: int, steps: int, log_delta: float) -> float:
+    """:func:`kw_epsilon` with ``delta`` given by its logarithm (tiny deltas do not underflow)."""
+    if steps < 1:
+        return 1.0
+    return min(1.0, ((math.log(1.648 * math.sqrt(n)) - log_delta) / (2 * steps - 1)) ** 2)
 
 
-def steps_for(n: int, eps: float, delta: float, cap: int) -> int:
-    """The fewest steps (at most ``cap``) at which :func:`kw_epsilon_any_step` reaches ``eps``."""
-    steps = 1
-    while steps < cap and kw_epsilon_any_step(n, steps, delta) > eps:
-        steps += 1
-    return steps
+@dataclass(frozen=True)
+class StepSpread:
+    """How the failure probability ``delta`` of a Lanczos run whose length is decided while it
+    runs (it stops on convergence, at a step ``s >= first``) is spread over the steps it may stop
+    at: ``delta (1 - ratio) ratio^(s - first)`` at step ``s``. These sum to ``delta``, so by the
+    union bound the Kuczynski-Wozniakowski bound holds at whichever step the run stopped.
+
+    With ``ratio = exp(-2 sqrt(eps))`` each further step tightens the bound exactly as fast as
+    its share of ``delta`` shrinks, so a bound of ``eps`` at ``first`` stays ``eps`` or tighter at
+    every later step.
+    """
+
+    first: int
+    ratio: float
+
+    def epsilon(self, n: int, steps: int, delta: float) -> float:
+        """The bound's ``eps`` at ``steps`` (1, no information, before ``first``)."""
+        if steps < self.first:
+            return 1.0
+        log_delta = (
+            math.log(delta) + math.log1p(-self.ratio) + (steps - self.first) * math.log(self.ratio)
+        )
+        return _kw_epsilon_log(n, steps, log_delta)
 
 
-def solve_as_search(pairs: RitzPairs, n: int, delta: float) -> ComplementSearch | None:
+def spread_for(n: int, eps: float, delta: float, cap: int) -> StepSpread:
+    """The geometric :class:`StepSpread` whose bound reaches ``eps`` at the fewest steps (at most
+    ``cap``) and stays there at every later step."""
+    ratio = math.exp(-2 * math.sqrt(eps))
+    first = 1
+    while first < cap and StepSpread(first, ratio).epsilon(n, first, delta) > eps:
+        first += 1
+    return StepSpread(first, ratio)
+
+
+def solve_as_search(
+    pairs: RitzPairs, n: int, delta: float, spread: StepSpread
+) -> ComplementSearch | None:
     """The bound a solve's own Krylov space gives (``None`` when it restarted): for ``k = 1``
     there is nothing to be orthogonal to, so a plain Lanczos run from a uniformly random start
-    *is* the search of :func:`search_complement`, on the whole operator."""
+    *is* the search of :func:`search_complement`, on the whole operator. ``spread``: how
+    ``delta`` was spread over the steps the solve could stop at (fixed before it ran)."""
     if pairs.krylov_steps is None:
         return None
     steps = pairs.krylov_steps
@@ -61,10 +91,12 @@ def solve_as_search(pairs: RitzPairs, n: int, delta: float) -> ComplementSearch 
         steps=steps,
         top=float(pairs.values[0]),
         bottom=float(pairs.values[-1]),
-        eps=kw_epsilon_any_step(n, steps, delta),
+        eps=spread.epsilon(n, steps, delta),
         delta=float(delta),
         n_matvec=0,
         source="solve",
+        spread_from=spread.first,
+        spread_ratio=spread.ratio,
     )
 
 
@@ -95,6 +127,8 @@ class ComplementSearch:
         n_matvec: products used (0 when the solve was its own search).
         source: ``"search"`` (a run orthogonal to the returned vectors) or ``"solve"`` (for
             ``k = 1``, the main solve's own Krylov space: :func:`solve_as_search`).
+        spread_from, spread_ratio: ``"solve"``: the :class:`StepSpread` of ``delta`` over the
+            steps the solve could stop at (0 for a search of fixed length).
     """
 
     steps: int
@@ -104,6 +138,8 @@ class ComplementSearch:
     delta: float
     n_matvec: int
     source: str = "search"
+    spread_from: int = 0
+    spread_ratio: float = 0.0
 
 
 def search_complement(

@@ -31,7 +31,7 @@ from landscape.curvature.certify import (
     certified_solve,
     kw_epsilon,
     solve_as_search,
-    steps_for,
+    spread_for,
 )
 from landscape.curvature.lanczos import WHICH, extreme_eigenpairs
 from landscape.curvature.products import (
@@ -65,7 +65,9 @@ def _certificate(search: ComplementSearch | None, added: int, tol_scale: str = "
             f"{base.split('; that no')[0]}; (ii) for k = 1 the solve is its own search: its "
             f"Krylov space, {search.steps} Lanczos steps from a uniformly random start with no "
             f"restart, was not followed by a separate one; (iii) with probability >= "
-            f"{1 - search.delta:g} over that start (spread over the step the solve stopped at), "
+            f"{1 - search.delta:g} over that start (delta spread over the steps the solve could "
+            f"stop at: delta (1 - r) r^(s - {search.spread_from}) at step s >= "
+            f"{search.spread_from}, r = {search.spread_ratio:.3g}), "
             f"H has no eigenvalue above {search.top:.6g} + {search.eps:.3g} x (its spectral "
             f"width), and likewise below {search.bottom:.6g} (Kuczynski-Wozniakowski 1992)"
         )
@@ -270,12 +272,11 @@ def top_eigenvalues(
         elif k == 1 and random_start:
             # Grow the solve's own Krylov space until its bound is as tight as a separate
             # search_steps search would give, and use it instead (no second run).
-            need = steps_for(
-                op.n, kw_epsilon(op.n, search_steps, certify_top), certify_top, max_iter - 1
-            )
-            size = max(basis_size or 60, need + 2)  # no thick restart before the bound
-            pairs = solve(op.matvec, start, min_matvec=need + 1, size=size)
-            search = solve_as_search(pairs, op.n, certify_top)
+            target = kw_epsilon(op.n, search_steps, certify_top)
+            spread = spread_for(op.n, target, certify_top, max_iter - 1)
+            size = max(basis_size or 60, spread.first + 2)  # no thick restart before the bound
+            pairs = solve(op.matvec, start, min_matvec=spread.first + 1, size=size)
+            search = solve_as_search(pairs, op.n, certify_top, spread)
         if certify_top is not None and search is None:
             unused = [start]  # the main solve starts where it would without the check
 

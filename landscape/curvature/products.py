@@ -21,6 +21,12 @@ comparison):
 * ``"forward"`` (forward-over-reverse): ``torch.func.jvp`` of ``torch.func.grad``, ``vmap``-ped over
   the vectors of a block; models whose operations do not ``vmap`` fall back to one vector at a time.
 
+Eval-mode BatchNorm is folded into the layer before it (``landscape.geometry.batchnorm``) inside
+the differentiated function: the folded weights ``W * gamma / sqrt(var + eps)`` are computed from
+the selected parameters, so the loss is the same function of them and its Hessian the same
+matrix, while every product skips BatchNorm's passes over the activations (measured 1.4x faster
+per product on mnist1d's CNN, graphs kept or rebuilt). Only rounding differs.
+
 When ``torch.distributed`` is initialised each rank passes its own shard of the data; sample counts
 and products are summed over ranks, so every rank holds the product of the full-dataset Hessian.
 """
@@ -44,6 +50,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from landscape.core.batches import Batch, materialize, num_samples
 from landscape.core.device import resolve_device
 from landscape.core.errors import LandscapeError
+from landscape.core.fold import FoldPlan, fold_agrees, fold_plan, fold_state
 from landscape.core.records import ResultMixin
 from landscape.core.selection import select_parameters
 
@@ -72,6 +79,8 @@ class ProblemInfo(ResultMixin):
         reuse_graph: whether the products after the first reused kept autograd graphs.
         world_size: number of ranks whose data shards make up the dataset.
         batchnorm: ``"running"`` (eval mode) or ``"batch"`` (BatchNorm with batch statistics).
+        fold_bn: whether eval-mode BatchNorm was folded into the layers before it (a speed-up:
+            the same loss function, up to rounding).
     """
 
     n_params: int
@@ -86,6 +95,7 @@ class ProblemInfo(ResultMixin):
     reuse_graph: bool
     world_size: int
     batchnorm: str = "running"
+    fold_bn: bool = False
 
 
 def _frozen_filter(patterns: str | Sequence[str] | None) -> str | tuple[str, ...] | None:
@@ -198,6 +208,9 @@ class HessianOperator:
         batchnorm: ``"running"`` (eval mode) or ``"batch"``: BatchNorm normalises with each
             batch's statistics, the training objective on these fixed batches (its value then
             depends on the batching, which is held fixed); ``method="reverse"`` only.
+        fold_bn: fold eval-mode BatchNorm into the preceding convolution or linear layer inside
+            the differentiated loss (module notes) where a plan is found and reproduces the
+            model; never with ``batchnorm="batch"``.
 
     Attributes:
         n_hvp: Hessian-vector products computed so far (one per vector, whatever the batching).
@@ -220,6 +233,7 @@ class HessianOperator:
         distributed: bool | None = None,
         check: bool = True,
         batchnorm: str = "running",
+        fold_bn: bool = True,
     ) -> None:
         if method not in METHODS:
             raise LandscapeError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -274,10 +288,12 @@ class HessianOperator:
         self._vmap_ok = True
         self.n_hvp = 0
         self.n_passes = 0
+        x0 = self.batches[0][0]
         if check:
             with loss_mode(self.module, batchnorm):
-                x0 = self.batches[0][0]
                 check_reproducible(self.module, x0[: min(len(x0), 64)], batchnorm)
+        self._buffers = {name: b.detach() for name, b in model.named_buffers()}
+        self._plan = self._fold(x0[:8]) if fold_bn and batchnorm == "running" else None
 
     # -- vectors -----------------------------------------------------------------------------
     def split(self, v: Tensor) -> list[Tensor]:
@@ -312,7 +328,17 @@ class HessianOperator:
             reuse_graph=self.reuse_graph,
             world_size=self.world_size,
             batchnorm=self.batchnorm,
+            fold_bn=self._plan is not None,
         )
+
+    def _fold(self, x: Tensor) -> FoldPlan | None:
+        """The BatchNorm fold of the model, if it has one that reproduces it on ``x``."""
+        plan = fold_plan(self.module)
+        if plan is None:
+            return None
+        with eval_mode(self.module):
+            state = {**dict(self.module.named_parameters()), **self._buffers}
+            return plan if fold_agrees(plan, self.module, state, x) else None
 
     # -- products ----------------------------------------------------------------------------
     def matvec(self, v: Tensor) -> Tensor:
@@ -341,7 +367,12 @@ class HessianOperator:
 
     def _loss(self, params: Sequence[Tensor], x: Tensor, y: Tensor) -> Tensor:
         state = {**self._frozen, **dict(zip(self.names, params, strict=True))}
-        return self.loss_fn(functional_call(self.module, state, (x,)), y)
+        if self._plan is None:
+            return self.loss_fn(functional_call(self.module, state, (x,)), y)
+        # The fold is part of the differentiated function, so products stay w.r.t. the model's
+        # own parameters.
+        folded = fold_state(self._plan, {**self._buffers, **state})
+        return self.loss_fn(functional_call(self._plan.module, folded, (x,)), y)
 
     def _new_leaves(self) -> tuple[Tensor, ...]:
         return tuple(p.detach().requires_grad_(True) for p in self._point)

@@ -11,7 +11,7 @@ eval mode and without autograd. Speed-ups, each measured in
   convolutional networks on the CPU;
 * channels-last memory format for 4-D inputs, which oneDNN and cuDNN convolutions prefer (1.2x
   to 1.5x faster than contiguous on an idle CPU, more under load);
-* BatchNorm folded into the preceding convolution (eval mode only; ``landscape.geometry.batchnorm``;
+* BatchNorm folded into the preceding convolution (eval mode only; ``landscape.core.fold``;
   1.3-2x faster on the mnist1d 1D CNN, which torch.fx cannot trace and is folded through its
   ``nn.Sequential``);
 * on the CPU, several points evaluated at once on worker threads with one intra-op thread each:
@@ -43,8 +43,9 @@ from torch.func import functional_call, vmap
 from landscape.core.batches import Batch, materialize
 from landscape.core.device import resolve_device
 from landscape.core.errors import LandscapeError
+from landscape.core.fold import fold_agrees, fold_plan, fold_state
 from landscape.core.records import ResultMixin
-from landscape.geometry.batchnorm import fold_agrees, fold_plan, fold_state, recalibrate
+from landscape.geometry.batchnorm import recalibrate
 from landscape.geometry.weights import State, as_state
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -411,19 +412,23 @@ class Evaluator:
     def loss_and_grad(
         self, state: State, names: Sequence[str], chunks: Sequence[Batch] | None = None
     ) -> tuple[float, State]:
-        """Dataset loss and its gradient with respect to ``names`` (eval mode, unfolded).
+        """Dataset loss and its gradient with respect to ``names`` (eval mode).
 
         The loss is the same sample-weighted mean as in ``evaluate``, over ``chunks`` (default:
         the whole evaluation set); gradients are accumulated chunk by chunk, so memory stays
-        that of one chunk.
+        that of one chunk. A BatchNorm fold is part of the differentiated function, so the
+        gradient is w.r.t. the model's own parameters.
         """
         chunks = self.chunks if chunks is None else chunks
         n_samples = sum(int(y.shape[0]) for _, y in chunks)
         params = {n: state[n].detach().clone().requires_grad_(True) for n in names}
         full = {k: v.detach() for k, v in state.items() if k not in params}
+        net = self._replicas[0].runner.net
         total = 0.0
         for x, y in chunks:
-            out = functional_call(self.module, {**full, **params}, (x,))
+            # Prepared (folded, laid out) per chunk: each backward frees its graph, the fold's
+            # included.
+            out = functional_call(net, self._prepare({**full, **params}), (x,))
             loss = self.loss_fn(out, y) * (y.shape[0] / n_samples)
             loss.backward()
             total += float(loss.detach())

@@ -22,7 +22,7 @@ from landscape.measures.eigen import CURVATURE, SolverSettings, certified_eigenv
 from landscape.measures.trace import TraceSettings
 
 DEFINITION = (
-    "adaptive/2: top Ritz value (certified as eigen/4, k = 1) and adaptive Hutch++ trace (as "
+    "adaptive/3: top Ritz value (certified as eigen/5, k = 1) and adaptive Hutch++ trace (as "
     "trace/2) of T H T, T = diag(|w| + eta) over all trainable parameters, H the Hessian of the "
     "mean cross-entropy on the training subset"
 )

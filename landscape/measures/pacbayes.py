@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from landscape.geometry.batchnorm import batchnorm_layers, fold_agrees, fold_plan, fold_state
+from landscape.core.fold import fold_agrees, fold_plan, fold_state
+from landscape.geometry.batchnorm import batchnorm_layers
 from landscape.measures.base import Field, Measure, MeasureContext, Target, require
 from landscape.measures.common import bn_label
 from landscape.measures.eigen import CURVATURE

@@ -8,14 +8,11 @@ from geometry_cases import TinyConvNet, image_batches, randomize_bn, tiny_convne
 from torch import nn
 
 from landscape.core.errors import LandscapeError
+from landscape.core.fold import _sequential_plan, fold_agrees, fold_plan, fold_state
 from landscape.geometry.batchnorm import (
-    _sequential_plan,
     axes_for_policy,
     batchnorm_layers,
     check_policy,
-    fold_agrees,
-    fold_plan,
-    fold_state,
     recalibrate,
     running_stat_names,
 )

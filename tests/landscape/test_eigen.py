@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from curvature_cases import (
 )
 
 from landscape.core.errors import LandscapeError
-from landscape.curvature.certify import kw_epsilon
+from landscape.curvature.certify import StepSpread, kw_epsilon, spread_for
 from landscape.curvature.eigenvalues import top_eigenvalues
 from landscape.curvature.lanczos import error_bounds, extreme_eigenpairs
 
@@ -387,6 +388,32 @@ def test_kuczynski_wozniakowski_bound_holds_on_many_seeds():
     with pytest.raises(LandscapeError):
         top_eigenvalues(model, loss, data, certify_top=1.5, show_progress=False)
     assert spec.to_dict()["search"]["delta"] == 0.05
+
+
+@pytest.mark.parametrize("n", [50, 25_322, 10**7])
+def test_the_step_spread_keeps_the_bound_at_every_step_and_sums_to_delta(n):
+    """A solve that stops on convergence may stop at any step from ``first`` on: the shares of
+    delta sum to delta (union bound), and the bound is at its target at every one of them."""
+    delta = 0.01
+    target = kw_epsilon(n, 20, delta)
+    spread = spread_for(n, target, delta, cap=499)
+    shares = [delta * (1 - spread.ratio) * spread.ratio**j for j in range(2000)]
+    assert math.fsum(shares) == pytest.approx(delta, rel=1e-12)
+    # eps at step s is exactly kw_epsilon at that step's share of delta
+    for j in (0, 1, 5):
+        s = spread.first + j
+        assert spread.epsilon(n, s, delta) == pytest.approx(kw_epsilon(n, s, shares[j]), rel=1e-12)
+    assert all(
+        spread.epsilon(n, s, delta) <= target * (1 + 1e-12) for s in range(spread.first, 499)
+    )
+    # the fewest steps: one step earlier the bound is not there yet
+    assert StepSpread(spread.first - 1, spread.ratio).epsilon(n, spread.first - 1, delta) > target
+    assert spread.epsilon(n, spread.first - 1, delta) == 1.0  # before first: no information
+    # far fewer steps than spreading delta as 6 delta / (pi^2 s^2) from step 1 (eigen/4)
+    old = next(
+        s for s in range(1, 499) if kw_epsilon(n, s, 6 * delta / (math.pi * s) ** 2) <= target
+    )
+    assert spread.first < old
 
 
 def test_the_solve_as_its_own_search_bounds_the_top_on_a_hidden_eigenvalue():

@@ -123,18 +123,22 @@ def test_bf16_autocast_is_opt_in_and_close():
 
 
 def test_loss_and_grad_matches_autograd_of_the_plain_loss():
+    """BatchNorm is folded inside the differentiated loss; the gradient is still that of the
+    plain model, w.r.t. its own parameters (the BatchNorm's gamma and beta included)."""
     model = tiny_convnet(0, dtype=torch.float64)
     batches = image_batches(dtype=torch.float64)
     ev = Evaluator(model, batches, chunk_size=6)
-    names = ["conv1.weight", "fc.bias"]
+    assert ev.plan is not None
+    names = ["conv1.weight", "bn1.weight", "bn2.bias", "fc.bias"]
     loss, grad = ev.loss_and_grad(ev.state(), names)
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
     ref = nn.functional.cross_entropy(model(x), y)
-    expected = torch.autograd.grad(ref, [model.conv1.weight, model.fc.bias])
+    params = dict(model.named_parameters())
+    expected = torch.autograd.grad(ref, [params[n] for n in names])
     assert loss == pytest.approx(float(ref.detach()), rel=1e-12)
-    assert torch.allclose(grad["conv1.weight"], expected[0], rtol=1e-10)
-    assert torch.allclose(grad["fc.bias"], expected[1], rtol=1e-10)
+    for name, want in zip(names, expected, strict=True):
+        assert torch.allclose(grad[name], want, rtol=1e-10), name
 
 
 def test_worker_threads_give_the_numbers_of_one_thread():

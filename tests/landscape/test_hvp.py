@@ -211,3 +211,52 @@ def test_the_memory_budget_is_a_share_of_what_is_available():
             int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable")
         )
     assert 0 < budget <= available * hvp_module.GRAPH_MEMORY_SHARE * 1.5
+
+
+def _conv_bn_problem():
+    """A conv -> BatchNorm -> tanh -> linear network with non-trivial running statistics and
+    affine parameters, in eval mode (float64)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(2, 3, 3, bias=False),
+        nn.BatchNorm1d(3),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(12, 3),
+    ).to(DTYPE)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(20, 2, 6, generator=gen, dtype=DTYPE)
+    y = torch.randint(0, 3, (20,), generator=gen)
+    with torch.no_grad():
+        model(x * 3 + 1)  # running statistics far from the defaults
+        model[1].weight.uniform_(0.5, 2.0)
+        model[1].bias.uniform_(-1.0, 1.0)
+    return model.eval(), nn.CrossEntropyLoss(), x, y
+
+
+@pytest.mark.parametrize(
+    ("include", "settings"),
+    [
+        (None, {}),
+        (None, {"reuse_graph": False}),
+        (None, {"method": "forward"}),
+        ("1.*", {}),  # the BatchNorm's own gamma and beta, differentiated through the fold
+    ],
+)
+def test_folded_batchnorm_gives_the_plain_models_hessian(include, settings):
+    model, loss_fn, x, y = _conv_bn_problem()
+    names = [n for n, _ in model.named_parameters() if include is None or n.startswith("1.")]
+    h = dense_hessian(model, loss_fn, _ragged(x, y, (12, 8)), names=names)
+    op = HessianOperator(model, loss_fn, _ragged(x, y, (12, 8)), include=include, **settings)
+    plain = HessianOperator(model, loss_fn, [(x, y)], include=include, fold_bn=False)
+    assert op.info.fold_bn and not plain.info.fold_bn
+    assert op.names == tuple(names)
+    vectors = torch.randn(3, op.n, dtype=DTYPE, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(op.matmat(vectors), vectors @ h, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(plain.matmat(vectors), vectors @ h, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_statistics_are_never_folded():
+    model, loss_fn, x, y = _conv_bn_problem()
+    op = HessianOperator(model, loss_fn, [(x, y)], batchnorm="batch")
+    assert not op.info.fold_bn
