@@ -256,7 +256,32 @@ def test_folded_batchnorm_gives_the_plain_models_hessian(include, settings):
     torch.testing.assert_close(plain.matmat(vectors), vectors @ h, rtol=1e-10, atol=1e-12)
 
 
-def test_batch_statistics_are_never_folded():
+def test_batch_statistics_are_never_folded_nor_rechunked():
     model, loss_fn, x, y = _conv_bn_problem()
-    op = HessianOperator(model, loss_fn, [(x, y)], batchnorm="batch")
+    op = HessianOperator(model, loss_fn, _ragged(x, y, (12, 8)), batchnorm="batch", chunk_size=5)
     assert not op.info.fold_bn
+    assert op.info.chunk_size == 0 and op.info.n_batches == 2  # the batches are the statistics
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 100])
+def test_batches_split_into_chunks_give_the_same_hessian(chunk_size):
+    """Chunks are sample-weighted terms of the same sum: 13, 13 and 4 samples cut into chunks of
+    7 are 2 + 2 + 1 chunks, and the products are still the dense Hessian's."""
+    model, loss_fn, x, y = tiny_problem()
+    h = dense_hessian(model, loss_fn, [(x, y)])
+    op = HessianOperator(model, loss_fn, _ragged(x, y), chunk_size=chunk_size)
+    expected = {1: 30, 7: 5, 100: 3}[chunk_size]
+    assert op.info.n_batches == expected and op.info.chunk_size == chunk_size
+    vectors = torch.randn(3, op.n, dtype=DTYPE, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(op.matmat(vectors), vectors @ h, rtol=1e-10, atol=1e-12)
+
+
+def test_convolutional_networks_get_cpu_sized_chunks():
+    """The default chunk of a conv net on the CPU is at most 128 samples (the evaluation
+    engine's rule); an MLP's batches stay whole."""
+    model, loss_fn, x, y = _conv_bn_problem()
+    x, y = x.repeat(20, 1, 1), y.repeat(20)  # 400 samples in one batch
+    op = HessianOperator(model, loss_fn, [(x, y)], device="cpu")
+    assert op.info.chunk_size == 128 and op.info.n_batches == 4
+    mlp, loss_fn, x, y = tiny_problem()
+    assert HessianOperator(mlp, loss_fn, [(x, y)], device="cpu").info.n_batches == 1
