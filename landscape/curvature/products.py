@@ -27,10 +27,9 @@ selected parameters, so the loss is the same function of them and its Hessian th
 while every product skips BatchNorm's passes over the activations (on mnist1d's CNN 1.15x faster
 per product with kept graphs, 1.45x when they are rebuilt). Only rounding differs.
 
-The data are cut into chunks (``landscape.core.chunking``: at most 128 samples for a
-convolutional network on the CPU, 1.2-1.5x faster per product than batches of 256 to 1024 on the
-mnist1d and digits CNNs), each a sample-weighted term of the sum; batches are split, never merged,
-and kept as given under ``batchnorm="batch"``, whose statistics depend on them.
+On the CPU, batches above :data:`CPU_CHUNK` samples are cut into chunks of that size, each a
+sample-weighted term of the same sum; batches are split, never merged, and kept as given under
+``batchnorm="batch"``, whose statistics depend on them.
 
 When ``torch.distributed`` is initialised each rank passes its own shard of the data; sample counts
 and products are summed over ranks, so every rank holds the product of the full-dataset Hessian.
@@ -53,7 +52,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
 from landscape.core.batches import Batch, materialize, num_samples
-from landscape.core.chunking import default_chunk_size, has_convolution, probe_activations
 from landscape.core.device import resolve_device
 from landscape.core.errors import LandscapeError
 from landscape.core.fold import FoldPlan, fold_agrees, fold_plan, fold_state
@@ -66,6 +64,11 @@ BATCHNORM = ("running", "batch")
 #: Share of the memory available (free GPU memory, or the host's MemAvailable) that the kept
 #: autograd graphs may take before the operator goes back to rebuilding them at every product.
 GRAPH_MEMORY_SHARE = 0.25
+#: Most samples per differentiated pass on the CPU. Whole eigen-solves and traces, one operator at
+#: a time: one batch of 1024 digits took 1.4x longer per product than chunks of 256 (and chunks
+#: of 128 1.1x longer than 256), while on the mnist1d CNN batches of 256 beat chunks of 128 and
+#: 64 by 1.2x and 1.6x. GPUs take the batches as given.
+CPU_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -220,8 +223,8 @@ class HessianOperator:
             the differentiated loss (module notes) where a plan is found and reproduces the
             model; never with ``batchnorm="batch"``.
         chunk_size: most samples per differentiated pass; batches larger than that are split
-            (default: :func:`landscape.core.chunking.default_chunk_size`; 0 keeps the batches
-            as given, as ``batchnorm="batch"`` always does).
+            (default: :data:`CPU_CHUNK` on the CPU, 0 on a GPU; 0 keeps the batches as given,
+            as ``batchnorm="batch"`` always does).
 
     Attributes:
         n_hvp: Hessian-vector products computed so far (one per vector, whatever the batching).
@@ -286,9 +289,7 @@ class HessianOperator:
             with loss_mode(self.module, batchnorm):
                 check_reproducible(self.module, x0[: min(len(x0), 64)], batchnorm)
         if chunk_size is None:
-            with eval_mode(model):
-                _, largest = probe_activations(model, x0[:2])
-            chunk_size = default_chunk_size(self.device, largest, has_convolution(model))
+            chunk_size = CPU_CHUNK if self.device.type == "cpu" else 0
         self.chunk_size = 0 if batchnorm == "batch" else max(0, int(chunk_size))
         self.batches = _split(batches, self.chunk_size)
         self.world_size = _distributed_world(distributed)

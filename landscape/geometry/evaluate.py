@@ -5,10 +5,10 @@ The data are read once onto the device and cut into fixed chunks; a point is eva
 eval mode and without autograd. Speed-ups, each measured in
 ``analyses/benchmarks/bench_surface.py`` and recorded in :class:`EngineSettings`:
 
-* chunk size: small chunks keep activations in cache (``landscape.core.chunking``: on two CPU
-  cores ResNet-32 ran 1.3-5x faster in chunks of 64 images than in one batch of 512, depending
-  on machine load); the default is derived from the largest activation per sample, and at most
-  128 samples for convolutional networks on the CPU;
+* chunk size: small chunks keep activations in cache (on two CPU cores ResNet-32 ran 1.3-5x
+  faster in chunks of 64 images than in one batch of 512, depending on machine load); the
+  default is derived from the largest activation per sample, and at most 128 samples for
+  convolutional networks on the CPU;
 * channels-last memory format for 4-D inputs, which oneDNN and cuDNN convolutions prefer (1.2x
   to 1.5x faster than contiguous on an idle CPU, more under load);
 * BatchNorm folded into the preceding convolution (eval mode only; ``landscape.core.fold``;
@@ -41,7 +41,6 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from landscape.core.batches import Batch, materialize
-from landscape.core.chunking import default_chunk_size, has_convolution, probe_activations
 from landscape.core.device import resolve_device
 from landscape.core.errors import LandscapeError
 from landscape.core.fold import fold_agrees, fold_plan, fold_state
@@ -54,6 +53,15 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 # at trained checkpoints, which keep their own running statistics).
 PointBuilder = Callable[[int], tuple[State, bool]]
 
+# Largest activation of one chunk, in bytes: on the CPU 4 MiB (64 ResNet-32 images) was never
+# far from the best chunk in bench_surface.py, while 16 and 512 images were slower; plenty on a
+# GPU.
+_CHUNK_BUDGET = {"cpu": 4 << 20, "cuda": 512 << 20}
+# A convolution's working set is its unfolded input, a kernel's size times the activation, so the
+# activation budget overshoots for narrow networks: on the CPU chunks of 512 ran 1.3-1.4x slower
+# than 128 for cnn_digits and the mnist1d 1D CNN (ResNet-32's budget gives 64 anyway; 64 and 128
+# were within 2% there).
+_CPU_CONV_CHUNK = 128
 # Models whose whole-dataset activations stay below this many bytes per point are small enough
 # that on a GPU (launch-bound) stacking points with vmap beats evaluating them one by one.
 _SMALL_MODEL_BYTES = 4 << 20
@@ -200,14 +208,17 @@ class Evaluator:
             workers = torch.get_num_threads() if use else 1
         self.workers = max(1, int(workers))
         has_conv2d = any(isinstance(m, nn.Conv2d) for m in self.module.modules())
-        has_conv = has_convolution(self.module)
+        has_conv = has_conv2d or any(isinstance(m, nn.Conv1d) for m in self.module.modules())
         # vmap has no channels-last batching rule for pooling (a slow fallback), so stacked
         # points stay contiguous unless asked otherwise.
         self.channels_last = memory_format == "channels_last" or (
             memory_format == "auto" and x0.dim() == 4 and has_conv2d and self.points_per_pass == 1
         )
         if chunk_size is None:
-            chunk_size = default_chunk_size(self.device, act_bytes, has_conv)
+            budget = _CHUNK_BUDGET["cpu" if cpu else "cuda"]
+            chunk_size = 1 << max(3, int(np.log2(max(budget // max(act_bytes, 1), 1))))
+            if cpu and has_conv:
+                chunk_size = min(chunk_size, _CPU_CONV_CHUNK)
         self.chunk_size = int(chunk_size)
         joined = _cat(batches)
         if joined is None:  # ragged batches: evaluate them as given
@@ -232,13 +243,25 @@ class Evaluator:
 
     def _probe(self, x: Tensor, y: Tensor) -> tuple[bool, int]:
         """Whether targets are class indices, and the largest activation in bytes per sample."""
-        out, largest = probe_activations(self.module, x)
+        largest = [x[0].numel() * x.element_size()]
+
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            if isinstance(out, Tensor) and out.dim() > 0:
+                largest.append(out[0].numel() * out.element_size())
+
+        handles = [m.register_forward_hook(hook) for m in self.module.modules()]
+        try:
+            with torch.no_grad():
+                out = self.module(x)
+        finally:
+            for h in handles:
+                h.remove()
         classify = (
             not y.is_floating_point()
             and out.dim() == y.dim() + 1
             and out.shape[: y.dim()] == y.shape
         )
-        return classify, largest
+        return classify, max(largest)
 
     def _fold_agrees(self, x: Tensor) -> bool:
         """Guard: the folded network reproduces the plain one on a few samples."""

@@ -276,12 +276,8 @@ def test_batches_split_into_chunks_give_the_same_hessian(chunk_size):
     torch.testing.assert_close(op.matmat(vectors), vectors @ h, rtol=1e-10, atol=1e-12)
 
 
-def test_convolutional_networks_get_cpu_sized_chunks():
-    """The default chunk of a conv net on the CPU is at most 128 samples (the evaluation
-    engine's rule); an MLP's batches stay whole."""
-    model, loss_fn, x, y = _conv_bn_problem()
-    x, y = x.repeat(20, 1, 1), y.repeat(20)  # 400 samples in one batch
+def test_large_batches_are_split_on_the_cpu():
+    """Batches above CPU_CHUNK samples are cut into chunks of that size on the CPU."""
+    model, loss_fn, x, y = tiny_problem(n_samples=400)
     op = HessianOperator(model, loss_fn, [(x, y)], device="cpu")
-    assert op.info.chunk_size == 128 and op.info.n_batches == 4
-    mlp, loss_fn, x, y = tiny_problem()
-    assert HessianOperator(mlp, loss_fn, [(x, y)], device="cpu").info.n_batches == 1
+    assert op.info.chunk_size == hvp_module.CPU_CHUNK == 256 and op.info.n_batches == 2
