@@ -65,9 +65,9 @@ BATCHNORM = ("running", "batch")
 #: autograd graphs may take before the operator goes back to rebuilding them at every product.
 GRAPH_MEMORY_SHARE = 0.25
 #: Most samples per differentiated pass on the CPU. Whole eigen-solves and traces, one operator at
-#: a time: one batch of 1024 digits took 1.4x longer per product than chunks of 256 (and chunks
-#: of 128 1.1x longer than 256), while on the mnist1d CNN batches of 256 beat chunks of 128 and
-#: 64 by 1.2x and 1.6x. GPUs take the batches as given.
+#: a time: on the digits CNN one batch of 1024 took 1.3x longer than chunks of 256 (chunks of 128
+#: 1.1x longer), while on the mnist1d CNN batches of 256 beat chunks of 128 by 1.2x and of 64 by
+#: 1.5-1.8x. GPUs take the batches as given.
 CPU_CHUNK = 256
 
 
