@@ -100,6 +100,13 @@ def fold_agrees(plan: FoldPlan, model: nn.Module, state: State, x: Tensor) -> bo
     return bool(torch.allclose(plain, folded, rtol=1e-3, atol=1e-4 * scale))
 
 
+def checked_fold_plan(model: nn.Module, state: State, x: Tensor) -> FoldPlan | None:
+    """:func:`fold_plan` of ``model``, kept only when the folded network reproduces ``model``
+    (eval mode) at ``state`` on inputs ``x`` (:func:`fold_agrees`); ``None`` otherwise."""
+    plan = fold_plan(model)
+    return plan if plan is not None and fold_agrees(plan, model, state, x) else None
+
+
 def _foldable(layer: nn.Module, bn: nn.Module) -> bool:
     return (
         type(layer) in _PAIRS

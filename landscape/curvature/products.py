@@ -54,7 +54,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from landscape.core.batches import Batch, materialize, num_samples
 from landscape.core.device import resolve_device
 from landscape.core.errors import LandscapeError
-from landscape.core.fold import FoldPlan, fold_agrees, fold_plan, fold_state
+from landscape.core.fold import FoldPlan, checked_fold_plan, fold_state
 from landscape.core.records import ResultMixin
 from landscape.core.selection import select_parameters
 
@@ -353,12 +353,9 @@ class HessianOperator:
 
     def _fold(self, x: Tensor) -> FoldPlan | None:
         """The BatchNorm fold of the model, if it has one that reproduces it on ``x``."""
-        plan = fold_plan(self.module)
-        if plan is None:
-            return None
         with eval_mode(self.module):
             state = {**dict(self.module.named_parameters()), **self._buffers}
-            return plan if fold_agrees(plan, self.module, state, x) else None
+            return checked_fold_plan(self.module, state, x)
 
     # -- products ----------------------------------------------------------------------------
     def matvec(self, v: Tensor) -> Tensor:

@@ -43,7 +43,7 @@ from torch.func import functional_call, vmap
 from landscape.core.batches import Batch, materialize
 from landscape.core.device import resolve_device
 from landscape.core.errors import LandscapeError
-from landscape.core.fold import fold_agrees, fold_plan, fold_state
+from landscape.core.fold import checked_fold_plan, fold_state
 from landscape.core.records import ResultMixin
 from landscape.geometry.batchnorm import recalibrate
 from landscape.geometry.weights import State, as_state
@@ -230,9 +230,11 @@ class Evaluator:
                 for i in range(0, self.n_samples, self.chunk_size)
             ]
         self.bn_batches = [(self._format(x), y) for x, y in calib]
-        self.plan = fold_plan(self.module) if fold_bn else None
-        if self.plan is not None and not self._fold_agrees(x0[:8]):
-            self.plan = None
+        self.plan = (
+            checked_fold_plan(self.module, as_state(self.module), self._format(x0[:8]))
+            if fold_bn
+            else None
+        )
         self._replicas = [self._replica(i) for i in range(self.workers)]
 
     # -- set-up helpers -------------------------------------------------------------------
@@ -262,11 +264,6 @@ class Evaluator:
             and out.shape[: y.dim()] == y.shape
         )
         return classify, max(largest)
-
-    def _fold_agrees(self, x: Tensor) -> bool:
-        """Guard: the folded network reproduces the plain one on a few samples."""
-        assert self.plan is not None  # only asked when there is a plan
-        return fold_agrees(self.plan, self.module, as_state(self.module), self._format(x))
 
     def _replica(self, index: int) -> _Replica:
         module = self.module if index == 0 else copy.deepcopy(self.module)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from landscape.core.fold import fold_agrees, fold_plan, fold_state
+from landscape.core.fold import checked_fold_plan, fold_state
 from landscape.geometry.batchnorm import batchnorm_layers
 from landscape.measures.base import Field, Measure, MeasureContext, Target, require
 from landscape.measures.common import bn_label
@@ -87,10 +87,8 @@ def pac_bayes_alpha(
 ) -> PacBayesResult:
     """The magnitude-aware noise scale ``alpha`` of ``model`` (eval mode) on ``data`` (the
     module docstring); ``model`` is not modified."""
-    plan = fold_plan(model) if batchnorm_layers(model) else None
     state = {k: v.detach() for k, v in model.state_dict().items()}
-    if plan is not None and not fold_agrees(plan, model, state, data[0][0][:8]):
-        plan = None
+    plan = checked_fold_plan(model, state, data[0][0][:8]) if batchnorm_layers(model) else None
     net = plan.module if plan is not None else model
     if plan is not None:
         state = fold_state(plan, state)
